@@ -1,0 +1,782 @@
+"""`ReversibleAdjoint`: O(1)-memory, exact gradients through `diffrax.diffeqsolve`.
+
+Forward: diffrax's own loop with the user's solver. Under differentiation the step size
+controller is wrapped (`_step_record.py`) to record the times of accepted steps and
+their tangents along the differentiated time inputs. Residuals: the final `y` and
+solver state, and that record. Nothing that grows with the number of steps is kept
+apart from `max_steps + 1` times (and their tangents).
+
+Backward: one `lax.while_loop` over the accepted steps, last to first. Each iteration
+1. pulls back the `SaveAt(steps=...)` value saved at the step's end (if any);
+2. calls the solver's `AdjointTerm`: reconstruct the step's inputs with the exact
+   inverse, and get the step's pullback;
+3. pulls back every `SaveAt(ts=...)` value inside the step through the solver's dense
+   interpolation, which yields the cotangent of the dense output and of each save time
+   (emitted into the `ts` cotangent here, once, as the loop crosses that step);
+4. applies the step's pullback, accumulates the parameter cotangents, and turns the
+   cotangents of the step's two times into cotangents of the time inputs through the
+   recorded tangents.
+Values saved at `t0` and `t1` are pulled back before and after the loop. What does not
+depend on the loop (`solver.init`, `stepsize_controller.init`, the time direction, ...)
+is outside this custom VJP, so JAX differentiates it as usual.
+
+Save layout (diffrax 0.7): each `SubSaveAt` owns one buffer, filled in order with the
+value at `t0` (if `t0`), then, step by step, the `ts` values inside the step followed
+by the step's `steps` value (if due), then the value at `t1` (if `t1` and not already
+saved by `steps`).
+"""
+
+import functools as ft
+from typing import Any
+
+import equinox as eqx
+import equinox.internal as eqxi
+import jax
+import jax.lax as lax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import numpy as np
+
+import diffrax
+from diffrax._heuristics import is_unsafe_sde
+from diffrax._integrate import SaveState
+from diffrax._saveat import save_y
+
+from ._adjoint_term import AdjointTerm
+from ._solver.base import AbstractReversibleSolver
+from ._solver.reversible_heun import ReversibleHeun
+from ._step_record import as_tangent_tuple, init_recording
+
+
+_inner_loop = jax.named_call(eqxi.while_loop, name="inner-loop")
+_outer_loop = jax.named_call(eqxi.while_loop, name="outer-loop")
+
+
+def _is_subsaveat(x):
+    return isinstance(x, diffrax.SubSaveAt)
+
+
+def _is_none(x):
+    return x is None
+
+
+def _is_save_state(x):
+    return isinstance(x, SaveState)
+
+
+# diffrax's own reversible solvers, and the `AbstractReversibleSolver` that inverts them.
+# Their `solver_state` layouts coincide, so the forward pass runs the user's instance
+# unchanged and the backward pass inverts it with ours.
+_DIFFRAX_REVERSIBLE = {diffrax.ReversibleHeun: ReversibleHeun}
+
+
+def _supported_solvers():
+    names = [f"`reversible_adjoint.{cls.__name__}`" for cls in _DIFFRAX_REVERSIBLE.values()]
+    names += [f"`diffrax.{cls.__name__}`" for cls in _DIFFRAX_REVERSIBLE]
+    return ", ".join(names)
+
+
+def _as_reversible(solver) -> AbstractReversibleSolver:
+    if isinstance(solver, AbstractReversibleSolver):
+        return solver
+    reversible = _DIFFRAX_REVERSIBLE.get(type(solver))
+    if reversible is None:
+        raise ValueError(
+            f"`adjoint=ReversibleAdjoint()` needs an algebraically reversible solver, "
+            f"but got `{type(solver).__name__}`. Supported: {_supported_solvers()}, "
+            "and any subclass of `reversible_adjoint.AbstractReversibleSolver`. For "
+            "other solvers use `adjoint=diffrax.RecursiveCheckpointAdjoint()`."
+        )
+    return reversible()
+
+
+def _zeros_like_inexact(tree):
+    return jtu.tree_map(
+        lambda x: jnp.zeros_like(x) if eqx.is_inexact_array(x) else None, tree
+    )
+
+
+def _materialise(ct, like):
+    """The cotangent `ct` of `like`, with zeros for symbolic zeros (`None`) at inexact
+    leaves of `like`, and `None` at its other leaves."""
+    if ct is None:
+        return _zeros_like_inexact(like)
+
+    def _fn(x, c):
+        if not eqx.is_inexact_array(x):
+            return None
+        if c is None:
+            return jnp.zeros_like(x)
+        return jnp.asarray(c, dtype=x.dtype)
+
+    return jtu.tree_map(_fn, like, ct, is_leaf=_is_none)
+
+
+def _add(a, b):
+    """Sum of two cotangents of the same structure; `None` leaves are zeros."""
+    return jtu.tree_map(
+        lambda x, y: x if y is None else (y if x is None else x + y),
+        a,
+        b,
+        is_leaf=_is_none,
+    )
+
+
+def _mask(tree, keep):
+    return jtu.tree_map(lambda x: jnp.where(keep, x, jnp.zeros_like(x)), tree)
+
+
+def _index(tree, i):
+    return jtu.tree_map(lambda x: x[i], tree)
+
+
+def _or_zero(x, zero):
+    return zero if x is None else x.astype(zero.dtype)
+
+
+def _count_le(ts, t):
+    """Number of save times `<= t`: how far diffrax's loop has got through `ts` after
+    stepping to `t`."""
+    return jnp.searchsorted(ts, t, side="right").astype(jnp.int32)
+
+
+def _save_pullback(fn, t, y, args, ct):
+    """Cotangents of `(t, y, args, fn)`, given the cotangent `ct` of `fn(t, y, args)`."""
+    _, pullback = eqx.filter_vjp(lambda _t, _y, _a, _f: _f(_t, _y, _a), t, y, args, fn)
+    return pullback(ct)
+
+
+class _Sub(eqx.Module):
+    """One `SubSaveAt`, seen by the backward pass: its buffer layout, and the
+    cotangents of its saved values and times."""
+
+    fn: Any
+    ts: Any
+    t0: bool = eqx.field(static=True)
+    t1: bool = eqx.field(static=True)
+    steps: int = eqx.field(static=True)
+    ct_ts: Any
+    ct_ys: Any
+
+    @property
+    def offset(self):
+        return 1 if self.t0 else 0
+
+    @property
+    def num_ts(self):
+        return 0 if self.ts is None else len(self.ts)
+
+
+class _Static(eqx.Module):
+    adjoint: Any
+    solver: Any
+    adjoint_term: AdjointTerm
+    stepsize_controller: Any
+    subs_treedef: Any = eqx.field(static=True)
+    saveat_flags: dict
+    max_steps: int = eqx.field(static=True)
+    progress_meter: Any
+    init_state: Any
+    dt0: Any
+
+
+#
+# Time inputs and their tangent directions.
+#
+
+
+def _time_leaves(inputs):
+    """The time inputs whose tangents the step record carries, in a fixed order:
+    initial `tprev`, initial `tnext`, inexact leaves of the initial controller state,
+    and the loop's `t1`."""
+    tprev, tnext, dynamic = as_tangent_tuple(
+        inputs["tprev"], inputs["tnext"], inputs["controller_state"]
+    )
+    return [tprev, tnext, *jtu.tree_leaves(dynamic), inputs["t1"]]
+
+
+def _directions(inputs, perturbed):
+    """Where each time leaf starts among the `D` tangent directions (`None` if it is
+    not differentiated), and `D`."""
+    is_inexact = jtu.tree_map(eqx.is_inexact_array, inputs["controller_state"])
+    dynamic_perturbed = jtu.tree_leaves(
+        eqx.filter(perturbed["controller_state"], is_inexact)
+    )
+    flags = [perturbed["tprev"], perturbed["tnext"], *dynamic_perturbed, perturbed["t1"]]
+    offsets = []
+    num_directions = 0
+    for leaf, flag in zip(_time_leaves(inputs), flags, strict=True):
+        if flag:
+            offsets.append(num_directions)
+            num_directions += int(np.prod(jnp.shape(leaf)))
+        else:
+            offsets.append(None)
+    return offsets, num_directions
+
+
+def _initial_tangents(inputs, perturbed):
+    offsets, num_directions = _directions(inputs, perturbed)
+    time_dtype = jnp.result_type(inputs["tprev"])
+
+    def tangent(leaf, offset):
+        shape = jnp.shape(leaf)
+        size = int(np.prod(shape))
+        out = jnp.zeros((num_directions, size), dtype=time_dtype)
+        if offset is not None:
+            out = out.at[offset : offset + size].set(jnp.eye(size, dtype=time_dtype))
+        return out.reshape((num_directions, *shape)).astype(jnp.result_type(leaf))
+
+    *tangents, t1_tangent = [
+        tangent(leaf, offset) for leaf, offset in zip(_time_leaves(inputs), offsets)
+    ]
+    t1_tangent = t1_tangent.astype(time_dtype)
+    if num_directions == 0:
+        return None, t1_tangent
+    tprev_tangent, tnext_tangent, *dynamic_tangents = tangents
+    _, _, dynamic = as_tangent_tuple(
+        inputs["tprev"], inputs["tnext"], inputs["controller_state"]
+    )
+    dynamic_tangents = jtu.tree_unflatten(jtu.tree_structure(dynamic), dynamic_tangents)
+    return (tprev_tangent, tnext_tangent, dynamic_tangents), t1_tangent
+
+
+def _time_cotangents(inputs, perturbed, a_theta):
+    """Splits the cotangent of the `D` directions back onto the time inputs."""
+    offsets, _ = _directions(inputs, perturbed)
+    cts = []
+    for leaf, offset in zip(_time_leaves(inputs), offsets):
+        if offset is None:
+            cts.append(None)
+        else:
+            shape = jnp.shape(leaf)
+            ct = a_theta[offset : offset + int(np.prod(shape))].reshape(shape)
+            cts.append(ct.astype(jnp.result_type(leaf)))
+    ct_tprev, ct_tnext, *ct_dynamic, ct_t1 = cts
+    controller_state = inputs["controller_state"]
+    dynamic, static = eqx.partition(controller_state, eqx.is_inexact_array)
+    ct_dynamic = jtu.tree_unflatten(jtu.tree_structure(dynamic), ct_dynamic)
+    ct_controller_state = eqx.combine(ct_dynamic, jtu.tree_map(lambda _: None, static))
+    return ct_tprev, ct_tnext, ct_controller_state, ct_t1
+
+
+#
+# The forward pass.
+#
+
+
+def _build_init_state(inputs, static):
+    return eqx.tree_at(
+        lambda s: (s.y, s.solver_state, s.tprev, s.tnext, s.controller_state),
+        static.init_state,
+        (
+            inputs["y0"],
+            inputs["solver_state"],
+            inputs["tprev"],
+            inputs["tnext"],
+            inputs["controller_state"],
+        ),
+        is_leaf=_is_none,
+    )
+
+
+def _run(inputs, static, stepsize_controller, init_state):
+    subs = jtu.tree_unflatten(static.subs_treedef, inputs["subs"])
+    return static.adjoint._loop(
+        args=inputs["args"],
+        terms=inputs["terms"],
+        solver=static.solver,
+        stepsize_controller=stepsize_controller,
+        event=None,
+        saveat=diffrax.SaveAt(subs=subs, **static.saveat_flags),
+        t0=inputs["t0"],
+        t1=inputs["t1"],
+        dt0=static.dt0,
+        max_steps=static.max_steps,
+        init_state=init_state,
+        inner_while_loop=ft.partial(_inner_loop, kind="lax"),
+        outer_while_loop=ft.partial(_outer_loop, kind="lax"),
+        progress_meter=static.progress_meter,
+    )
+
+
+@eqx.filter_custom_vjp
+def _reversible_loop(inputs, *, static):
+    init_state = _build_init_state(inputs, static)
+    return _run(inputs, static, static.stepsize_controller, init_state)
+
+
+@_reversible_loop.def_fwd
+def _reversible_loop_fwd(perturbed, inputs, *, static):
+    tangents, t1_tangent = _initial_tangents(inputs, perturbed)
+    controller, controller_state = init_recording(
+        static.stepsize_controller,
+        inputs["t1"],
+        inputs["tprev"],
+        inputs["tnext"],
+        inputs["controller_state"],
+        static.max_steps,
+        tangents,
+        t1_tangent,
+    )
+    init_state = _build_init_state(inputs, static)
+    init_state = eqx.tree_at(lambda s: s.controller_state, init_state, controller_state)
+    final_state, aux_stats = _run(inputs, static, controller, init_state)
+    recording = final_state.controller_state
+    final_state = eqx.tree_at(
+        lambda s: s.controller_state, final_state, recording.inner, is_leaf=_is_none
+    )
+    residuals = (
+        final_state.y,
+        final_state.solver_state,
+        recording.record,
+        recording.time_tangents,
+        t1_tangent,
+    )
+    return (final_state, aux_stats), residuals
+
+
+#
+# The backward pass.
+#
+
+
+@_reversible_loop.def_bwd
+def _reversible_loop_bwd(residuals, grad_out, perturbed, inputs, *, static):
+    y_final, solver_state_final, record, final_tangents, t1_tangent = residuals
+    grad_state, _ = grad_out
+    args = inputs["args"]
+    terms = inputs["terms"]
+    adjoint_term = static.adjoint_term
+    interpolation_cls = static.solver.interpolation_cls
+    num_accepted = record.num_accepted
+    rec_ts = record.ts
+    rec_tangents = record.tangents
+    zero_time = jnp.zeros((), dtype=rec_ts.dtype)
+
+    def time_ct(ct_t, k):
+        # Cotangent of the accepted time `rec_ts[k]` -> cotangent of the directions.
+        return ct_t * rec_tangents[k]
+
+    save_like = jtu.tree_leaves(static.init_state.save_state, is_leaf=_is_save_state)
+    save_ct = jtu.tree_leaves(grad_state.save_state, is_leaf=_is_save_state)
+    subs = [
+        _Sub(
+            fn=sub.fn,
+            ts=sub.ts,
+            t0=sub.t0,
+            t1=sub.t1,
+            steps=sub.steps,
+            ct_ts=_materialise(ct.ts, like.ts),
+            ct_ys=_materialise(ct.ys, like.ys),
+        )
+        for sub, like, ct in zip(inputs["subs"], save_like, save_ct, strict=True)
+    ]
+    # Cotangents accumulated per `SubSaveAt`: of its `ts`, and of the arrays in its `fn`.
+    a_subs = [
+        (_zeros_like_inexact(sub.ts), _zeros_like_inexact(sub.fn)) for sub in subs
+    ]
+
+    def add_save(a_subs, j, ct_fn=None, index=None, ct_t=None):
+        a_ts, a_fn = a_subs[j]
+        if ct_fn is not None:
+            a_fn = _add(a_fn, ct_fn)
+        if index is not None:
+            a_ts = a_ts.at[index].add(ct_t)
+        return a_subs[:j] + [(a_ts, a_fn)] + a_subs[j + 1 :]
+
+    #
+    # Values saved at the end of the solve (`SaveAt(t1=True)`), and cotangents of the
+    # final state itself.
+    #
+
+    t_final = rec_ts[num_accepted]
+    a_y = _materialise(grad_state.y, y_final)
+    a_state = _materialise(grad_state.solver_state, solver_state_final)
+    a_args_terms = _zeros_like_inexact((args, terms))
+    a_t_final = _or_zero(grad_state.tprev, zero_time)
+    for j, sub in enumerate(subs):
+        if not sub.t1 or sub.steps == 1:
+            continue  # Not saved, or saved as the last step's `steps` value.
+        if sub.steps == 0:
+            saved = True
+            index = sub.offset + sub.num_ts
+        else:
+            saved = num_accepted % sub.steps != 0
+            index = sub.offset + sub.num_ts + num_accepted // sub.steps
+        ct = _mask(_index(sub.ct_ys, index), saved)
+        c_t, c_y, c_args, c_fn = _save_pullback(sub.fn, t_final, y_final, args, ct)
+        a_y = _add(a_y, c_y)
+        a_t_final = a_t_final + _or_zero(c_t, zero_time)
+        a_t_final = a_t_final + jnp.where(saved, sub.ct_ts[index], 0)
+        a_args_terms = (_add(a_args_terms[0], c_args), a_args_terms[1])
+        a_subs = add_save(a_subs, j, ct_fn=c_fn)
+    a_theta = time_ct(a_t_final, num_accepted)
+    if final_tangents is not None:
+        _, tnext_tangent, dynamic_tangents = final_tangents
+        a_theta = a_theta + _or_zero(grad_state.tnext, zero_time) * tnext_tangent
+        ct_controller = _materialise(
+            grad_state.controller_state, inputs["controller_state"]
+        )
+        for ct_leaf, tangent_leaf in zip(
+            jtu.tree_leaves(ct_controller), jtu.tree_leaves(dynamic_tangents)
+        ):
+            a_theta = a_theta + jnp.tensordot(
+                tangent_leaf, ct_leaf.astype(tangent_leaf.dtype), axes=ct_leaf.ndim
+            ).astype(a_theta.dtype)
+
+    #
+    # One iteration per accepted step, last to first.
+    #
+
+    with_dense = any(sub.ts is not None for sub in subs)
+
+    def snapshot(t, t_k, t_k1, dense_info, _args, fn):
+        interpolation = interpolation_cls(t0=t_k, t1=t_k1, **dense_info)
+        return fn(t, interpolation.evaluate(t), _args)
+
+    def pull_back_snapshots(k, t_k, t_k1, dense_info, a_args_terms, a_subs):
+        """Cotangents of the dense output and of the step's times from every
+        `SaveAt(ts=...)` value inside the step; the cotangents of the save times
+        themselves go straight into the `ts` cotangent."""
+        ct_dense = _zeros_like_inexact(dense_info)
+        a_t_k = a_t_k1 = zero_time
+        a_args, a_terms = a_args_terms
+        for j, sub in enumerate(subs):
+            if sub.ts is None:
+                continue
+            lo = jnp.where(k == 0, 0, _count_le(sub.ts, t_k))
+            hi = _count_le(sub.ts, t_k1)
+            shift = sub.offset + (0 if sub.steps == 0 else k // sub.steps)
+
+            def body(c, sub=sub, shift=shift):
+                i, ct_dense, a_t_k, a_t_k1, a_args, (a_ts, a_fn) = c
+                index = shift + i
+                _, pullback = eqx.filter_vjp(
+                    snapshot, sub.ts[i], t_k, t_k1, dense_info, args, sub.fn
+                )
+                c_t, c_tk, c_tk1, c_dense, c_args, c_fn = pullback(
+                    _index(sub.ct_ys, index)
+                )
+                a_ts = a_ts.at[i].add(_or_zero(c_t, zero_time) + sub.ct_ts[index])
+                return (
+                    i + 1,
+                    _add(ct_dense, c_dense),
+                    a_t_k + _or_zero(c_tk, zero_time),
+                    a_t_k1 + _or_zero(c_tk1, zero_time),
+                    _add(a_args, c_args),
+                    (a_ts, _add(a_fn, c_fn)),
+                )
+
+            init = (lo, ct_dense, a_t_k, a_t_k1, a_args, a_subs[j])
+            c = lax.while_loop(lambda c, hi=hi: c[0] < hi, body, init)
+            _, ct_dense, a_t_k, a_t_k1, a_args, a_sub = c
+            a_subs = a_subs[:j] + [a_sub] + a_subs[j + 1 :]
+        return ct_dense, a_t_k, a_t_k1, (a_args, a_terms), a_subs
+
+    def body_fun(carry):
+        k, y1, state1, a_y, a_state, a_args_terms, a_theta, a_subs, term_carry = carry
+        t_k = rec_ts[k]
+        t_k1 = rec_ts[k + 1]
+        a_t_k = a_t_k1 = zero_time
+
+        # `SaveAt(steps=n)`: the value at the end of this step, if it was saved.
+        for j, sub in enumerate(subs):
+            if sub.steps == 0:
+                continue
+            due = (k + 1) % sub.steps == 0
+            num_ts_saved = 0 if sub.ts is None else _count_le(sub.ts, t_k1)
+            index = sub.offset + num_ts_saved + (k + 1) // sub.steps - 1
+            ct = _mask(_index(sub.ct_ys, index), due)
+            c_t, c_y, c_args, c_fn = _save_pullback(sub.fn, t_k1, y1, args, ct)
+            a_y = _add(a_y, c_y)
+            a_t_k1 = a_t_k1 + _or_zero(c_t, zero_time)
+            a_t_k1 = a_t_k1 + jnp.where(due, sub.ct_ts[index], 0)
+            a_args_terms = (_add(a_args_terms[0], c_args), a_args_terms[1])
+            a_subs = add_save(a_subs, j, ct_fn=c_fn)
+
+        y0, state0, dense_info, pullback, term_carry = adjoint_term(
+            terms, t_k, t_k1, y1, args, state1, term_carry, with_dense
+        )
+        if with_dense:
+            ct_dense, s_t_k, s_t_k1, a_args_terms, a_subs = pull_back_snapshots(
+                k, t_k, t_k1, dense_info, a_args_terms, a_subs
+            )
+            a_t_k = a_t_k + s_t_k
+            a_t_k1 = a_t_k1 + s_t_k1
+            cts = pullback(a_y, a_state, ct_dense)
+        else:
+            cts = pullback(a_y, a_state)
+        ct_y0, ct_state0, ct_t0, ct_t1, ct_args, ct_terms = cts
+        a_t_k = a_t_k + _or_zero(ct_t0, zero_time)
+        a_t_k1 = a_t_k1 + _or_zero(ct_t1, zero_time)
+        a_theta = a_theta + time_ct(a_t_k, k) + time_ct(a_t_k1, k + 1)
+        a_args_terms = _add(a_args_terms, (ct_args, ct_terms))
+        a_y = _materialise(ct_y0, y0)
+        a_state = _materialise(ct_state0, state0)
+        return k - 1, y0, state0, a_y, a_state, a_args_terms, a_theta, a_subs, term_carry
+
+    term_carry = adjoint_term.init(terms, t_final, y_final, args, solver_state_final)
+    carry = (
+        num_accepted - 1,
+        y_final,
+        solver_state_final,
+        a_y,
+        a_state,
+        a_args_terms,
+        a_theta,
+        a_subs,
+        term_carry,
+    )
+    carry = lax.while_loop(lambda c: c[0] >= 0, body_fun, carry)
+    _, _, _, a_y, a_state, a_args_terms, a_theta, a_subs, _ = carry
+
+    #
+    # Values saved at the start: `SaveAt(t0=True)`, and `SaveAt(ts=...)` when
+    # `t0 == t1` (no steps: diffrax then saves `fn(t0, y0, args)` for every entry).
+    #
+
+    y0 = inputs["y0"]
+    t0 = inputs["t0"]
+    a_t0 = zero_time
+    no_steps = num_accepted == 0
+    for j, sub in enumerate(subs):
+        ct = None
+        ct_time = zero_time
+        if sub.t0:
+            ct = _index(sub.ct_ys, 0)
+            ct_time = sub.ct_ts[0]
+        if sub.ts is not None:
+            window = slice(sub.offset, sub.offset + sub.num_ts)
+            repeated = jtu.tree_map(lambda c: jnp.sum(c[window], axis=0), sub.ct_ys)
+            repeated = _mask(repeated, no_steps)
+            ct = repeated if ct is None else _add(ct, repeated)
+            ct_time = ct_time + jnp.where(no_steps, jnp.sum(sub.ct_ts[window]), 0)
+        if ct is None:
+            continue
+        c_t, c_y, c_args, c_fn = _save_pullback(sub.fn, t0, y0, args, ct)
+        a_y = _add(a_y, c_y)
+        a_t0 = a_t0 + _or_zero(c_t, zero_time) + ct_time
+        a_args_terms = (_add(a_args_terms[0], c_args), a_args_terms[1])
+        a_subs = add_save(a_subs, j, ct_fn=c_fn)
+
+    #
+    # Cotangents of `inputs`.
+    #
+
+    ct_tprev, ct_tnext, ct_controller_state, ct_t1 = _time_cotangents(
+        inputs, perturbed, a_theta
+    )
+    a_args, a_terms = a_args_terms
+    ct_subs = [
+        eqx.tree_at(
+            lambda s: (s.ts, s.fn),
+            _zeros_like_inexact(sub),
+            (a_ts, a_fn),
+            is_leaf=_is_none,
+        )
+        for sub, (a_ts, a_fn) in zip(inputs["subs"], a_subs)
+    ]
+    return dict(
+        y0=a_y,
+        solver_state=a_state,
+        tprev=ct_tprev,
+        tnext=ct_tnext,
+        controller_state=ct_controller_state,
+        t0=a_t0.astype(jnp.result_type(t0)) if eqx.is_inexact_array(t0) else None,
+        t1=ct_t1,
+        args=a_args,
+        terms=a_terms,
+        subs=ct_subs,
+    )
+
+
+#
+# The public class.
+#
+
+
+_NONDIFF_CONTROLLER = (
+    "`ReversibleAdjoint` differentiates with respect to `t0`, `t1`, `dt0`, "
+    "`SaveAt(ts=...)`, `y0`, `args` and the terms, but not with respect to the "
+    "parameters of the step size controller (such as `StepTo(ts=...)`). Use "
+    "`adjoint=diffrax.RecursiveCheckpointAdjoint()` for that."
+)
+
+
+class ReversibleAdjoint(diffrax.AbstractAdjoint):
+    """Backpropagate through [`diffrax.diffeqsolve`][] in O(1) memory by
+    reconstructing the forward trajectory exactly, step by step, in reverse.
+
+    Use it with an algebraically reversible solver
+    ([`reversible_adjoint.ReversibleHeun`][], `diffrax.ReversibleHeun`, or any
+    [`reversible_adjoint.AbstractReversibleSolver`][]). The forward pass is diffrax's
+    own loop and keeps only the final state and the times of the accepted steps. The
+    backward pass undoes one step at a time with the solver's exact inverse and
+    differentiates it there, so the gradients are those of the discrete solve, the same
+    as [`diffrax.RecursiveCheckpointAdjoint`][] computes (to round-off), while memory
+    does not grow with the number of steps.
+
+    Gradients are available with respect to `y0`, `args`, parameters inside `terms`,
+    `t0`, `t1`, `dt0`, `SaveAt(ts=...)` and arrays used by `SaveAt(fn=...)`. Every
+    step size controller without jumps works: `ConstantStepSize`, `StepTo`,
+    `PIDController` (rejected steps included), `PIDController(step_ts=...)`.
+
+    !!! warning
+
+        Reconstruction is exact in exact arithmetic. In floating point its error grows
+        with the number of steps and with how contractive the backward flow is; for
+        long or strongly dissipative solves check the gradients against
+        `RecursiveCheckpointAdjoint` once, or use float64.
+
+    Not supported, with a clear error at trace time: non-reversible solvers,
+    `max_steps=None`, `SaveAt(dense=True)` (which stores every step), events,
+    `UnsafeBrownianPath`, and controllers that make jumps (`jump_ts`).
+
+    ??? cite "References"
+
+        ```bibtex
+        @article{kidger2021efficient,
+            author={Kidger, Patrick and Foster, James and Li, Xuechen and Lyons, Terry},
+            title={{E}fficient and {A}ccurate {G}radients for {N}eural {SDE}s},
+            year={2021},
+            journal={Advances in Neural Information Processing Systems}
+        }
+
+        @article{mccallum2024efficient,
+            author={McCallum, Sam and Foster, James},
+            title={Efficient, Accurate and Stable Gradients for Neural ODEs},
+            year={2024},
+            journal={arXiv:2410.11648}
+        }
+        ```
+    """
+
+    def loop(
+        self,
+        *,
+        args,
+        terms,
+        solver,
+        stepsize_controller,
+        event,
+        saveat,
+        t0,
+        t1,
+        dt0,
+        max_steps,
+        throw,
+        init_state,
+        passed_solver_state,
+        passed_controller_state,
+        progress_meter,
+    ):
+        del throw, passed_solver_state, passed_controller_state
+        reversible = _as_reversible(solver)
+        if event is not None:
+            raise NotImplementedError(
+                "`adjoint=ReversibleAdjoint()` does not support events: the solve's "
+                "end would depend on a root find the reverse pass cannot invert. Use "
+                "`adjoint=diffrax.RecursiveCheckpointAdjoint()` instead."
+            )
+        if saveat.dense:
+            raise NotImplementedError(
+                "`adjoint=ReversibleAdjoint()` does not support `SaveAt(dense=True)`: "
+                "dense output stores every step, which is O(number of steps) memory "
+                "and defeats the purpose of this adjoint. Save the times you need with "
+                "`SaveAt(ts=...)` (their gradients are exact, times included), or use "
+                "`adjoint=diffrax.RecursiveCheckpointAdjoint()`."
+            )
+        if max_steps is None:
+            raise ValueError(
+                "`adjoint=ReversibleAdjoint()` needs `diffeqsolve(..., max_steps=...)` "
+                "to be an integer: it records the time of every accepted step, in a "
+                "buffer of `max_steps` scalars."
+            )
+        if is_unsafe_sde(terms):
+            raise ValueError(
+                "`adjoint=ReversibleAdjoint()` does not support `UnsafeBrownianPath`: "
+                "the backward pass re-queries the Brownian motion over each step, "
+                "which needs a path that returns the same increment twice. Use "
+                "`diffrax.VirtualBrownianTree` instead."
+            )
+        if init_state.made_jump is not False:
+            raise NotImplementedError(
+                "`adjoint=ReversibleAdjoint()` does not support "
+                "`diffeqsolve(..., made_jump=...)`: a jump re-initialises the solver "
+                "state, which cannot then be reconstructed in reverse."
+            )
+        if isinstance(stepsize_controller, diffrax.ClipStepSizeController) and (
+            stepsize_controller.jump_ts is not None
+        ):
+            raise NotImplementedError(
+                "`adjoint=ReversibleAdjoint()` does not support `jump_ts`: a jump "
+                "re-initialises the solver state (reversible Heun re-evaluates its "
+                "cached vector field), which cannot then be reconstructed in reverse. "
+                "Use `step_ts=...` if the vector field is continuous there, or split "
+                "the solve at each jump into separate `diffeqsolve` calls, or use "
+                "`adjoint=diffrax.RecursiveCheckpointAdjoint()`."
+            )
+
+        subs, subs_treedef = jtu.tree_flatten(saveat.subs, is_leaf=_is_subsaveat)
+        # Hoist the arrays that `fn` closes over (e.g. the time direction, or a model)
+        # into its PyTree, so that they are differentiated like everything else.
+        subs = [
+            sub
+            if sub.fn is save_y
+            else eqx.tree_at(
+                lambda s: s.fn,
+                sub,
+                eqx.filter_closure_convert(sub.fn, t0, init_state.y, args),
+            )
+            for sub in subs
+        ]
+        inputs = dict(
+            y0=init_state.y,
+            solver_state=init_state.solver_state,
+            tprev=init_state.tprev,
+            tnext=init_state.tnext,
+            controller_state=init_state.controller_state,
+            t0=t0,
+            t1=t1,
+            args=args,
+            terms=terms,
+            subs=subs,
+        )
+        rest_of_state = eqx.tree_at(
+            lambda s: (s.y, s.solver_state, s.tprev, s.tnext, s.controller_state),
+            init_state,
+            (None, None, None, None, None),
+            is_leaf=_is_none,
+        )
+        static = _Static(
+            adjoint=self,
+            solver=solver,
+            adjoint_term=AdjointTerm(reversible),
+            stepsize_controller=eqxi.nondifferentiable(
+                stepsize_controller, msg=_NONDIFF_CONTROLLER
+            ),
+            subs_treedef=subs_treedef,
+            saveat_flags=dict(
+                dense=False,
+                solver_state=saveat.solver_state,
+                controller_state=saveat.controller_state,
+                made_jump=saveat.made_jump,
+            ),
+            max_steps=max_steps,
+            progress_meter=progress_meter,
+            init_state=rest_of_state,
+            dt0=None if dt0 is None else lax.stop_gradient(dt0),
+        )
+        final_state, aux_stats = _reversible_loop(inputs, static=static)
+        # Integer outputs (`result`, step counts) carry no derivative. Saying so keeps
+        # JAX from linearising what diffrax does with them (e.g. `throw=True`).
+        final_state = jtu.tree_map(
+            lambda x: x
+            if eqx.is_inexact_array(x) or not eqx.is_array(x)
+            else lax.stop_gradient(x),
+            final_state,
+        )
+        return final_state, aux_stats
+
+
+ReversibleAdjoint.__init__.__doc__ = """**Arguments:** None"""

@@ -1,0 +1,220 @@
+"""One step of the backward pass: reconstruct the step's inputs, and pull cotangents
+back through it.
+
+`AdjointTerm` serves any `AbstractReversibleSolver`: it calls `backward_step`, then
+differentiates `step` at the reconstructed inputs. That costs two vector-field
+evaluations per step (one to invert, one inside the `jax.vjp` of the step) plus one
+transpose.
+
+Solvers that declare `evaluation_reuse` get the fused form: the inverse's single
+evaluation is made through `jax.vjp`, which returns the value *and* the linearisation.
+The value reconstructs the step; the linearisation is handed to `step` when it is
+differentiated, through a `_ReplayTerm` whose `vf` returns the stored value and pulls
+cotangents back through the stored linearisation. For asynchronous leapfrog the
+linearisation is used in the same backward step; for reversible Heun it is carried to
+the next (earlier) one, because the inverse of step k evaluates where step k-1 did.
+Either way a backward step costs one linearisation and one transpose.
+
+A linearisation is carried across iterations of the backward `lax.while_loop` as the
+array leaves of its `jax.vjp` pullback; each iteration rebuilds the callable from those
+leaves and the structure it has just traced, which is identical because it is the same
+function linearised at arrays of the same shapes.
+"""
+
+from typing import Any
+
+import equinox as eqx
+import jax.numpy as jnp
+import jax.tree_util as jtu
+from jaxtyping import PyTree
+
+import diffrax
+
+from ._solver.base import AbstractReversibleSolver
+
+
+def _zeros_like_inexact(tree):
+    return jtu.tree_map(
+        lambda x: jnp.zeros_like(x) if eqx.is_inexact_array(x) else None, tree
+    )
+
+
+def _linearise(terms, t, y, args):
+    """Evaluates `terms.vf(t, y, args)` and its pullback with respect to `t`, `y`,
+    `args` and the parameters inside `terms`."""
+    return eqx.filter_vjp(lambda _t, _y, _a, _tm: _tm.vf(_t, _y, _a), t, y, args, terms)
+
+
+def _residuals(pullback):
+    """The arrays a pullback closes over: its linearisation's residuals."""
+    return jtu.tree_leaves(eqx.filter(pullback, eqx.is_array))
+
+
+def _with_residuals(pullback, residuals):
+    """`pullback`, with its residuals replaced by `residuals` from a linearisation of
+    the same function at another point."""
+    dynamic, static = eqx.partition(pullback, eqx.is_array)
+    dynamic = jtu.tree_unflatten(jtu.tree_structure(dynamic), residuals)
+    return eqx.combine(dynamic, static)
+
+
+@eqx.filter_custom_vjp
+def _replay(t__y__args__terms, *, value, pullback):
+    del t__y__args__terms, pullback
+    return value
+
+
+@_replay.def_fwd
+def _replay_fwd(perturbed, t__y__args__terms, *, value, pullback):
+    del perturbed, t__y__args__terms, pullback
+    return value, None
+
+
+@_replay.def_bwd
+def _replay_bwd(residuals, grad_value, perturbed, t__y__args__terms, *, value, pullback):
+    del residuals, perturbed, t__y__args__terms
+    grad_value = jtu.tree_map(
+        lambda g, v: jnp.zeros_like(v) if g is None else g,
+        grad_value,
+        value,
+        is_leaf=lambda x: x is None,
+    )
+    return pullback(grad_value)
+
+
+class _ReplayTerm(diffrax.AbstractTerm):
+    """A term whose vector field returns a stored value, and whose vector-field
+    cotangents go through a stored linearisation (made at the same point)."""
+
+    term: diffrax.AbstractTerm
+    value: PyTree
+    pullback: Any
+
+    def vf(self, t, y, args):
+        return _replay((t, y, args, self.term), value=self.value, pullback=self.pullback)
+
+    def contr(self, t0, t1, **kwargs):
+        return self.term.contr(t0, t1, **kwargs)
+
+    def prod(self, vf, control):
+        return self.term.prod(vf, control)
+
+
+class AdjointTerm(eqx.Module):
+    """One step of the backward pass of [`reversible_adjoint.ReversibleAdjoint`][].
+
+    Given a step's outputs, it reconstructs the step's inputs with the solver's exact
+    inverse and returns the step's pullback: the map from cotangents of the step's
+    outputs (`y1`, solver state, dense output) to cotangents of its inputs (`y0`,
+    solver state, `t0`, `t1`, `args`, and parameters inside `terms`). The adjoint uses
+    the dense output's cotangent to emit the derivatives of the `SaveAt(ts=...)` values
+    inside the step, their times included.
+
+    Any [`reversible_adjoint.AbstractReversibleSolver`][] works: by default the inverse
+    is `solver.backward_step` and the pullback is that of `solver.step`, at the cost of
+    two vector-field evaluations and one transpose per step. Solvers that declare
+    `evaluation_reuse` (reversible Heun, asynchronous leapfrog) get a fused step: one
+    vector-field linearisation serves the inverse and the pullback, for one evaluation
+    and one transpose per step.
+
+    **Arguments:**
+
+    - `solver`: the reversible solver whose steps are undone.
+    """
+
+    solver: AbstractReversibleSolver
+
+    @property
+    def _reuse(self):
+        return self.solver.evaluation_reuse
+
+    def init(self, terms, t1, y1, args, solver_state) -> PyTree:
+        """The carry for the first backward step (the last step of the solve).
+
+        **Arguments:**
+
+        - `terms`, `args`: as passed to the solver.
+        - `t1`, `y1`, `solver_state`: the end of the solve.
+
+        **Returns:**
+
+        A PyTree of arrays, threaded through `__call__`.
+        """
+        del y1
+        if self._reuse == "previous_step":
+            t, y = self.solver.last_evaluation(terms, t1, solver_state)
+            value, pullback = _linearise(terms, t, y, args)
+            return value, _residuals(pullback)
+        return None
+
+    def __call__(self, terms, t0, t1, y1, args, solver_state, carry, with_dense: bool):
+        """Undoes one step.
+
+        **Arguments:**
+
+        - `terms`, `args`: as passed to the solver.
+        - `t0`, `t1`: the step's start and end times.
+        - `y1`, `solver_state`: the step's outputs.
+        - `carry`: from `init` or from the previous call.
+        - `with_dense`: whether the pullback takes a cotangent for the dense output.
+
+        **Returns:**
+
+        A 5-tuple `(y0, solver_state0, dense_info, pullback, carry0)`. `pullback` maps
+        `(ct_y1, ct_solver_state1, ct_dense_info)` (each zero or an array for every
+        inexact leaf; `ct_dense_info` only when `with_dense`) to
+        `(ct_y0, ct_solver_state0, ct_t0, ct_t1, ct_args, ct_terms)`, with `None` for
+        non-differentiable leaves.
+        """
+        solver = self.solver
+        if self._reuse is None:
+            y0, solver_state0 = solver.backward_step(
+                terms, t0, t1, y1, args, solver_state, False
+            )
+            step_terms = lambda _terms, _args: _terms
+            carry0 = None
+        else:
+
+            def evaluate(t, y):
+                value, pullback = _linearise(terms, t, y, args)
+                return value, (value, pullback)
+
+            y0, solver_state0, (value0, pullback0) = solver.fused_backward_step(
+                evaluate,
+                terms,
+                t0,
+                t1,
+                y1,
+                args,
+                solver_state,
+            )
+            if self._reuse == "same_step":
+                value, pullback = value0, pullback0
+                carry0 = None
+            elif self._reuse == "previous_step":
+                value, residuals = carry
+                pullback = _with_residuals(pullback0, residuals)
+                carry0 = value0, _residuals(pullback0)
+            else:
+                raise ValueError(f"Unknown `evaluation_reuse={self._reuse!r}`.")
+            step_terms = lambda _terms, _args: _ReplayTerm(_terms, value, pullback)
+
+        def _step(_y0, _solver_state0, _t0, _t1, _args, _terms):
+            _y1, _, _dense_info, _solver_state1, _ = solver.step(
+                step_terms(_terms, _args), _t0, _t1, _y0, _args, _solver_state0, False
+            )
+            if with_dense:
+                return _y1, _solver_state1, _dense_info
+            return _y1, _solver_state1
+
+        outputs, step_pullback = eqx.filter_vjp(
+            _step, y0, solver_state0, t0, t1, args, terms
+        )
+        dense_info = outputs[2] if with_dense else None
+
+        def pullback_fn(ct_y1, ct_solver_state1, ct_dense_info=None):
+            if with_dense:
+                return step_pullback((ct_y1, ct_solver_state1, ct_dense_info))
+            return step_pullback((ct_y1, ct_solver_state1))
+
+        return y0, solver_state0, dense_info, pullback_fn, carry0

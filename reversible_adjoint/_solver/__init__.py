@@ -1,0 +1,2 @@
+from .base import AbstractReversibleSolver as AbstractReversibleSolver
+from .reversible_heun import ReversibleHeun as ReversibleHeun

@@ -1,0 +1,120 @@
+"""`AbstractReversibleSolver`: a diffrax solver whose step can be undone exactly.
+
+A reversible solver adds one method to `diffrax.AbstractSolver`, `backward_step`, the
+algebraic inverse of `step`. That is all `ReversibleAdjoint` needs: its backward pass
+rebuilds every step's inputs from its outputs and differentiates the step there.
+
+Solvers whose inverse evaluates the vector field at a point where the forward pass also
+evaluated it can declare so (`evaluation_reuse`) and split `backward_step` around that
+evaluation (`fused_backward_step`). The backward pass then linearises the vector field
+once per step and uses that one linearisation twice: to reconstruct the step, and to
+pull cotangents back through the step that evaluated there. See ALGORITHMS.md, "Fusing".
+"""
+
+import abc
+from collections.abc import Callable
+from typing import Any, ClassVar, Literal
+
+import diffrax
+from jaxtyping import PyTree
+
+
+class AbstractReversibleSolver(diffrax.AbstractSolver):
+    """Abstract base class for algebraically reversible solvers.
+
+    Subclasses implement everything a `diffrax.AbstractSolver` does (`init`, `step`,
+    `func`, `order`, ...) plus `backward_step`, the exact inverse of `step`: given the
+    outputs of a step from `t0` to `t1`, it returns the step's inputs, to round-off.
+    Such a solver can be used with any adjoint; with
+    [`reversible_adjoint.ReversibleAdjoint`][] its gradients cost O(1) memory in the
+    number of steps.
+
+    **Fusing (optional).** If `backward_step` makes exactly one vector-field evaluation,
+    at a point where `step` also evaluated, a subclass may set the class variable
+    `evaluation_reuse` and implement `fused_backward_step`:
+
+    - `evaluation_reuse = "same_step"`: `backward_step` evaluates where the `step` it
+        inverts evaluated (asynchronous leapfrog).
+    - `evaluation_reuse = "previous_step"`: `backward_step` evaluates where the
+        previous `step` evaluated (reversible Heun). Such a solver also implements
+        `last_evaluation`, which reads that point off a step's output state.
+    - `evaluation_reuse = None` (default): no reuse; the backward pass inverts the
+        step, then differentiates `step` as written.
+
+    In both fused cases `step` must evaluate the vector field exactly once (through
+    `terms.vf`) when `made_jump=False`.
+    """
+
+    evaluation_reuse: ClassVar[Literal["same_step", "previous_step"] | None] = None
+
+    @abc.abstractmethod
+    def backward_step(
+        self,
+        terms: PyTree[diffrax.AbstractTerm],
+        t0: Any,
+        t1: Any,
+        y1: PyTree,
+        args: PyTree,
+        solver_state: PyTree,
+        made_jump: Any,
+    ) -> tuple[PyTree, PyTree]:
+        """Inverts one step of the solver.
+
+        **Arguments:**
+
+        - `terms`: the terms of the differential equation, as passed to `step`.
+        - `t0`: the start of the step.
+        - `t1`: the end of the step.
+        - `y1`: the value `step` returned at `t1`.
+        - `args`: extra arguments to the vector field.
+        - `solver_state`: the solver state `step` returned at `t1`.
+        - `made_jump`: whether `step` was called with `made_jump=True`. Reversible
+            solvers discard information across a jump, so this is always `False` when
+            called by `ReversibleAdjoint`.
+
+        **Returns:**
+
+        A 2-tuple `(y0, solver_state0)` such that
+        `step(terms, t0, t1, y0, args, solver_state0, made_jump)` returns `y1` and
+        `solver_state` to round-off.
+        """
+
+    def fused_backward_step(
+        self,
+        evaluate: Callable[[Any, PyTree], tuple[PyTree, Any]],
+        terms: PyTree[diffrax.AbstractTerm],
+        t0: Any,
+        t1: Any,
+        y1: PyTree,
+        args: PyTree,
+        solver_state: PyTree,
+    ) -> tuple[PyTree, PyTree, Any]:
+        """As `backward_step`, with its one vector-field evaluation done by `evaluate`.
+
+        Only needed when `evaluation_reuse` is set.
+
+        **Arguments:**
+
+        - `evaluate`: called exactly once as `evaluate(t, y)`; returns a pair
+            `(vf, aux)` where `vf` is `terms.vf(t, y, args)`.
+        - `terms`, `t0`, `t1`, `y1`, `args`, `solver_state`: as for `backward_step`.
+
+        **Returns:**
+
+        A 3-tuple `(y0, solver_state0, aux)`.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} sets `evaluation_reuse` but does not implement "
+            "`fused_backward_step`."
+        )
+
+    def last_evaluation(
+        self, terms: PyTree[diffrax.AbstractTerm], t1: Any, solver_state: PyTree
+    ) -> tuple[Any, PyTree]:
+        """The point `(t, y)` at which the step that returned `solver_state` evaluated
+        the vector field. Only needed when `evaluation_reuse = "previous_step"`.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} sets `evaluation_reuse='previous_step'` but does "
+            "not implement `last_evaluation`."
+        )
