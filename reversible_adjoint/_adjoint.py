@@ -279,6 +279,12 @@ def _build_init_state(inputs, static):
     )
 
 
+def _controller(inputs, static):
+    if inputs["step_to"] is None:
+        return static.stepsize_controller
+    return inputs["step_to"]
+
+
 def _run(inputs, static, stepsize_controller, init_state):
     subs = jtu.tree_unflatten(static.subs_treedef, inputs["subs"])
     return static.adjoint._loop(
@@ -302,14 +308,14 @@ def _run(inputs, static, stepsize_controller, init_state):
 @eqx.filter_custom_vjp
 def _reversible_loop(inputs, *, static):
     init_state = _build_init_state(inputs, static)
-    return _run(inputs, static, static.stepsize_controller, init_state)
+    return _run(inputs, static, _controller(inputs, static), init_state)
 
 
 @_reversible_loop.def_fwd
 def _reversible_loop_fwd(perturbed, inputs, *, static):
     tangents, t1_tangent = _initial_tangents(inputs, perturbed)
     controller, controller_state = init_recording(
-        static.stepsize_controller,
+        _controller(inputs, static),
         inputs["t1"],
         inputs["tprev"],
         inputs["tnext"],
@@ -353,9 +359,21 @@ def _reversible_loop_bwd(residuals, grad_out, perturbed, inputs, *, static):
     rec_tangents = record.tangents
     zero_time = jnp.zeros((), dtype=rec_ts.dtype)
 
-    def time_ct(ct_t, k):
-        # Cotangent of the accepted time `rec_ts[k]` -> cotangent of the directions.
-        return ct_t * rec_tangents[k]
+    # Cotangents of the time inputs: `a_theta` for the `D` tangent directions, and
+    # `a_grid` for the times of `StepTo(ts=...)`, which are the step times themselves.
+    step_to = inputs["step_to"]
+    grid = None if step_to is None else step_to.ts
+
+    def time_ct(a_time, ct_t, k):
+        """Adds the cotangent `ct_t` of the accepted time `rec_ts[k]`."""
+        a_theta, a_grid = a_time
+        a_theta = a_theta + ct_t * rec_tangents[k]
+        if a_grid is not None:
+            # `StepTo` steps to `ts[k]`, except at the end, where the loop clips to
+            # `t1` (that dependence is in the tangents).
+            from_grid = (k >= 1) & (k < num_accepted) & (rec_ts[k] == grid[k])
+            a_grid = a_grid.at[k].add(jnp.where(from_grid, ct_t, 0).astype(a_grid.dtype))
+        return a_theta, a_grid
 
     save_like = jtu.tree_leaves(static.init_state.save_state, is_leaf=_is_save_state)
     save_ct = jtu.tree_leaves(grad_state.save_state, is_leaf=_is_save_state)
@@ -410,8 +428,11 @@ def _reversible_loop_bwd(residuals, grad_out, perturbed, inputs, *, static):
         a_t_final = a_t_final + jnp.where(saved, sub.ct_ts[index], 0)
         a_args_terms = (_add(a_args_terms[0], c_args), a_args_terms[1])
         a_subs = add_save(a_subs, j, ct_fn=c_fn)
-    a_theta = time_ct(a_t_final, num_accepted)
+    a_theta = jnp.zeros_like(t1_tangent)
+    a_grid = None if grid is None else jnp.zeros_like(grid)
+    a_time = time_ct((a_theta, a_grid), a_t_final, num_accepted)
     if final_tangents is not None:
+        a_theta, a_grid = a_time
         _, tnext_tangent, dynamic_tangents = final_tangents
         a_theta = a_theta + _or_zero(grad_state.tnext, zero_time) * tnext_tangent
         ct_controller = _materialise(
@@ -423,6 +444,7 @@ def _reversible_loop_bwd(residuals, grad_out, perturbed, inputs, *, static):
             a_theta = a_theta + jnp.tensordot(
                 tangent_leaf, ct_leaf.astype(tangent_leaf.dtype), axes=ct_leaf.ndim
             ).astype(a_theta.dtype)
+        a_time = a_theta, a_grid
 
     #
     # One iteration per accepted step, last to first.
@@ -474,7 +496,7 @@ def _reversible_loop_bwd(residuals, grad_out, perturbed, inputs, *, static):
         return ct_dense, a_t_k, a_t_k1, (a_args, a_terms), a_subs
 
     def body_fun(carry):
-        k, y1, state1, a_y, a_state, a_args_terms, a_theta, a_subs, term_carry = carry
+        k, y1, state1, a_y, a_state, a_args_terms, a_time, a_subs, term_carry = carry
         t_k = rec_ts[k]
         t_k1 = rec_ts[k + 1]
         a_t_k = a_t_k1 = zero_time
@@ -509,11 +531,11 @@ def _reversible_loop_bwd(residuals, grad_out, perturbed, inputs, *, static):
         ct_y0, ct_state0, ct_t0, ct_t1, ct_args, ct_terms = cts
         a_t_k = a_t_k + _or_zero(ct_t0, zero_time)
         a_t_k1 = a_t_k1 + _or_zero(ct_t1, zero_time)
-        a_theta = a_theta + time_ct(a_t_k, k) + time_ct(a_t_k1, k + 1)
+        a_time = time_ct(time_ct(a_time, a_t_k, k), a_t_k1, k + 1)
         a_args_terms = _add(a_args_terms, (ct_args, ct_terms))
         a_y = _materialise(ct_y0, y0)
         a_state = _materialise(ct_state0, state0)
-        return k - 1, y0, state0, a_y, a_state, a_args_terms, a_theta, a_subs, term_carry
+        return k - 1, y0, state0, a_y, a_state, a_args_terms, a_time, a_subs, term_carry
 
     term_carry = adjoint_term.init(terms, t_final, y_final, args, solver_state_final)
     carry = (
@@ -523,12 +545,12 @@ def _reversible_loop_bwd(residuals, grad_out, perturbed, inputs, *, static):
         a_y,
         a_state,
         a_args_terms,
-        a_theta,
+        a_time,
         a_subs,
         term_carry,
     )
     carry = lax.while_loop(lambda c: c[0] >= 0, body_fun, carry)
-    _, _, _, a_y, a_state, a_args_terms, a_theta, a_subs, _ = carry
+    _, _, _, a_y, a_state, a_args_terms, (a_theta, a_grid), a_subs, _ = carry
 
     #
     # Values saved at the start: `SaveAt(t0=True)`, and `SaveAt(ts=...)` when
@@ -587,6 +609,9 @@ def _reversible_loop_bwd(residuals, grad_out, perturbed, inputs, *, static):
         args=a_args,
         terms=a_terms,
         subs=ct_subs,
+        step_to=None if step_to is None else eqx.tree_at(
+            lambda c: c.ts, _zeros_like_inexact(step_to), a_grid
+        ),
     )
 
 
@@ -595,11 +620,31 @@ def _reversible_loop_bwd(residuals, grad_out, perturbed, inputs, *, static):
 #
 
 
+def _is_term_with_vector_field(x):
+    return isinstance(x, (diffrax.ODETerm, diffrax.ControlTerm))
+
+
+def _hoist_closures(terms, t0, y0, args):
+    """Makes the arrays that vector fields close over (e.g. `lambda t, y, args: -a * y`
+    with `a` being differentiated) leaves of `terms`, so that the custom VJP
+    differentiates them, as `RecursiveCheckpointAdjoint` would."""
+
+    def hoist(term):
+        if not _is_term_with_vector_field(term):
+            return term
+        vector_field = eqx.filter_closure_convert(term.vector_field, t0, y0, args)
+        return eqx.tree_at(lambda tm: tm.vector_field, term, vector_field)
+
+    return jtu.tree_map(hoist, terms, is_leaf=_is_term_with_vector_field)
+
+
+
 _NONDIFF_CONTROLLER = (
     "`ReversibleAdjoint` differentiates with respect to `t0`, `t1`, `dt0`, "
-    "`SaveAt(ts=...)`, `y0`, `args` and the terms, but not with respect to the "
-    "parameters of the step size controller (such as `StepTo(ts=...)`). Use "
-    "`adjoint=diffrax.RecursiveCheckpointAdjoint()` for that."
+    "`SaveAt(ts=...)`, `StepTo(ts=...)`, `y0`, `args` and the terms, but not with "
+    "respect to the parameters of other step size controllers (such as "
+    "`PIDController(dtmax=...)`). Use `adjoint=diffrax.RecursiveCheckpointAdjoint()` "
+    "for that."
 )
 
 
@@ -717,6 +762,14 @@ class ReversibleAdjoint(diffrax.AbstractAdjoint):
                 "`adjoint=diffrax.RecursiveCheckpointAdjoint()`."
             )
 
+        if isinstance(stepsize_controller, diffrax.StepTo):
+            step_to, stepsize_controller = stepsize_controller, None
+        else:
+            step_to = None
+            stepsize_controller = eqxi.nondifferentiable(
+                stepsize_controller, msg=_NONDIFF_CONTROLLER
+            )
+        terms = _hoist_closures(terms, t0, init_state.y, args)
         subs, subs_treedef = jtu.tree_flatten(saveat.subs, is_leaf=_is_subsaveat)
         # Hoist the arrays that `fn` closes over (e.g. the time direction, or a model)
         # into its PyTree, so that they are differentiated like everything else.
@@ -741,6 +794,9 @@ class ReversibleAdjoint(diffrax.AbstractAdjoint):
             args=args,
             terms=terms,
             subs=subs,
+            # `StepTo(ts=...)`: the step times are `ts` themselves, so they are
+            # differentiated directly. Other controllers are not differentiated.
+            step_to=step_to,
         )
         rest_of_state = eqx.tree_at(
             lambda s: (s.y, s.solver_state, s.tprev, s.tnext, s.controller_state),
@@ -752,9 +808,7 @@ class ReversibleAdjoint(diffrax.AbstractAdjoint):
             adjoint=self,
             solver=solver,
             adjoint_term=AdjointTerm(reversible),
-            stepsize_controller=eqxi.nondifferentiable(
-                stepsize_controller, msg=_NONDIFF_CONTROLLER
-            ),
+            stepsize_controller=stepsize_controller,
             subs_treedef=subs_treedef,
             saveat_flags=dict(
                 dense=False,

@@ -1,0 +1,77 @@
+"""Unsupported options raise at trace time, with a message naming the option and the
+alternative."""
+
+import diffrax
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import pytest
+
+import reversible_adjoint as ra
+
+from .helpers import make_problem
+
+
+def _solve(**kwargs):
+    term, y0, args = make_problem()
+    options = dict(
+        terms=term, solver=ra.ReversibleHeun(), t0=0.0, t1=1.0, dt0=0.1, y0=y0,
+        args=args, adjoint=ra.ReversibleAdjoint(),
+    )
+    options.update(kwargs)
+    return diffrax.diffeqsolve(**options)
+
+
+def test_non_reversible_solver():
+    with pytest.raises(ValueError, match=r"reversible solver.*Tsit5.*ReversibleHeun.*RecursiveCheckpointAdjoint"):
+        _solve(solver=diffrax.Tsit5())
+
+
+def test_max_steps_none():
+    with pytest.raises(ValueError, match=r"max_steps=\.\.\.\)` to be an integer"):
+        _solve(max_steps=None)
+
+
+def test_dense():
+    with pytest.raises(NotImplementedError, match=r"SaveAt\(dense=True\)`.*O\(number of steps\).*SaveAt\(ts=\.\.\.\)"):
+        _solve(saveat=diffrax.SaveAt(dense=True))
+
+
+def test_events():
+    event = diffrax.Event(lambda t, y, args, **kwargs: t > 0.5)
+    with pytest.raises(NotImplementedError, match=r"events.*RecursiveCheckpointAdjoint"):
+        _solve(event=event)
+
+
+def test_unsafe_brownian_path():
+    term, y0, args = make_problem()
+    x0 = jnp.ones(2)
+    bm = diffrax.UnsafeBrownianPath(shape=(2,), key=jr.PRNGKey(0))
+    terms = diffrax.MultiTerm(
+        diffrax.ODETerm(lambda t, y, args: -y), diffrax.ControlTerm(lambda t, y, args: 0.1 * y, bm)
+    )
+    with pytest.raises(ValueError, match=r"UnsafeBrownianPath.*VirtualBrownianTree"):
+        _solve(terms=terms, y0=x0, args=None)
+
+
+def test_jump_ts():
+    controller = diffrax.PIDController(rtol=1e-3, atol=1e-6, jump_ts=[0.5])
+    with pytest.raises(NotImplementedError, match=r"jump_ts.*step_ts.*RecursiveCheckpointAdjoint"):
+        _solve(stepsize_controller=controller)
+
+
+def test_made_jump():
+    with pytest.raises(NotImplementedError, match=r"made_jump"):
+        _solve(made_jump=True)
+
+
+def test_differentiating_controller_parameters():
+    """Only `StepTo(ts=...)` among controller parameters is differentiable; others
+    raise instead of silently returning a zero gradient."""
+
+    def loss(dtmax):
+        controller = diffrax.PIDController(rtol=1e-3, atol=1e-6, dtmax=dtmax)
+        return jnp.sum(_solve(stepsize_controller=controller).ys["x"])
+
+    with pytest.raises(Exception, match=r"step size controllers.*RecursiveCheckpointAdjoint"):
+        jax.grad(loss)(0.05)
