@@ -42,7 +42,7 @@ from diffrax._heuristics import is_unsafe_sde
 from diffrax._integrate import SaveState
 from diffrax._saveat import save_y
 
-from ._adjoint_term import AdjointTerm
+from ._adjoint_term import AdjointTerm, filter_vjp
 from ._solver.base import AbstractReversibleSolver
 from ._solver.reversible_heun import ReversibleHeun
 from ._step_record import as_tangent_tuple, init_recording
@@ -140,9 +140,12 @@ def _count_le(ts, t):
     return jnp.searchsorted(ts, t, side="right").astype(jnp.int32)
 
 
-def _save_pullback(fn, t, y, args, ct):
-    """Cotangents of `(t, y, args, fn)`, given the cotangent `ct` of `fn(t, y, args)`."""
-    _, pullback = eqx.filter_vjp(lambda _t, _y, _a, _f: _f(_t, _y, _a), t, y, args, fn)
+def _save_pullback(fn, t, y, args, ct, with_time):
+    """Cotangents of `(t, y, args, fn)`, given the cotangent `ct` of `fn(t, y, args)`
+    (`None` for `t` unless `with_time`)."""
+    _, pullback = filter_vjp(
+        lambda _t, _y, _a, _f: _f(_t, _y, _a), (t, y, args, fn), (with_time, True, True, True)
+    )
     return pullback(ct)
 
 
@@ -362,7 +365,13 @@ def _reversible_loop_bwd(residuals, grad_out, perturbed, inputs, *, static):
     # Cotangents of the time inputs: `a_theta` for the `D` tangent directions, and
     # `a_grid` for the times of `StepTo(ts=...)`, which are the step times themselves.
     step_to = inputs["step_to"]
-    grid = None if step_to is None else step_to.ts
+    grid_perturbed = step_to is not None and bool(perturbed["step_to"].ts)
+    grid = step_to.ts if grid_perturbed else None
+    # Differentiate with respect to the step times only if some time input is
+    # differentiated: it costs time, and an SDE's Brownian motion cannot be
+    # differentiated with respect to time at all.
+    with_time = t1_tangent.shape[0] > 0 or grid_perturbed
+    perturbed_subs = perturbed["subs"]
 
     def time_ct(a_time, ct_t, k):
         """Adds the cotangent `ct_t` of the accepted time `rec_ts[k]`."""
@@ -422,7 +431,9 @@ def _reversible_loop_bwd(residuals, grad_out, perturbed, inputs, *, static):
             saved = num_accepted % sub.steps != 0
             index = sub.offset + sub.num_ts + num_accepted // sub.steps
         ct = _mask(_index(sub.ct_ys, index), saved)
-        c_t, c_y, c_args, c_fn = _save_pullback(sub.fn, t_final, y_final, args, ct)
+        c_t, c_y, c_args, c_fn = _save_pullback(
+            sub.fn, t_final, y_final, args, ct, with_time
+        )
         a_y = _add(a_y, c_y)
         a_t_final = a_t_final + _or_zero(c_t, zero_time)
         a_t_final = a_t_final + jnp.where(saved, sub.ct_ts[index], 0)
@@ -469,12 +480,15 @@ def _reversible_loop_bwd(residuals, grad_out, perturbed, inputs, *, static):
             lo = jnp.where(k == 0, 0, _count_le(sub.ts, t_k))
             hi = _count_le(sub.ts, t_k1)
             shift = sub.offset + (0 if sub.steps == 0 else k // sub.steps)
+            ts_perturbed = bool(perturbed_subs[j].ts)
 
-            def body(c, sub=sub, shift=shift):
+            def body(c, sub=sub, shift=shift, ts_perturbed=ts_perturbed):
                 i, ct_dense, a_t_k, a_t_k1, a_args, (a_ts, a_fn) = c
                 index = shift + i
-                _, pullback = eqx.filter_vjp(
-                    snapshot, sub.ts[i], t_k, t_k1, dense_info, args, sub.fn
+                _, pullback = filter_vjp(
+                    snapshot,
+                    (sub.ts[i], t_k, t_k1, dense_info, args, sub.fn),
+                    (ts_perturbed, with_time, with_time, True, True, True),
                 )
                 c_t, c_tk, c_tk1, c_dense, c_args, c_fn = pullback(
                     _index(sub.ct_ys, index)
@@ -509,15 +523,25 @@ def _reversible_loop_bwd(residuals, grad_out, perturbed, inputs, *, static):
             num_ts_saved = 0 if sub.ts is None else _count_le(sub.ts, t_k1)
             index = sub.offset + num_ts_saved + (k + 1) // sub.steps - 1
             ct = _mask(_index(sub.ct_ys, index), due)
-            c_t, c_y, c_args, c_fn = _save_pullback(sub.fn, t_k1, y1, args, ct)
+            c_t, c_y, c_args, c_fn = _save_pullback(sub.fn, t_k1, y1, args, ct, with_time)
             a_y = _add(a_y, c_y)
             a_t_k1 = a_t_k1 + _or_zero(c_t, zero_time)
             a_t_k1 = a_t_k1 + jnp.where(due, sub.ct_ts[index], 0)
             a_args_terms = (_add(a_args_terms[0], c_args), a_args_terms[1])
             a_subs = add_save(a_subs, j, ct_fn=c_fn)
 
+        t_previous = rec_ts[jnp.maximum(k - 1, 0)]
         y0, state0, dense_info, pullback, term_carry = adjoint_term(
-            terms, t_k, t_k1, y1, args, state1, term_carry, with_dense
+            terms,
+            t_k,
+            t_k1,
+            y1,
+            args,
+            state1,
+            term_carry,
+            with_dense=with_dense,
+            with_time=with_time,
+            t_previous=t_previous,
         )
         if with_dense:
             ct_dense, s_t_k, s_t_k1, a_args_terms, a_subs = pull_back_snapshots(
@@ -575,7 +599,9 @@ def _reversible_loop_bwd(residuals, grad_out, perturbed, inputs, *, static):
             ct_time = ct_time + jnp.where(no_steps, jnp.sum(sub.ct_ts[window]), 0)
         if ct is None:
             continue
-        c_t, c_y, c_args, c_fn = _save_pullback(sub.fn, t0, y0, args, ct)
+        c_t, c_y, c_args, c_fn = _save_pullback(
+            sub.fn, t0, y0, args, ct, bool(perturbed["t0"])
+        )
         a_y = _add(a_y, c_y)
         a_t0 = a_t0 + _or_zero(c_t, zero_time) + ct_time
         a_args_terms = (_add(a_args_terms[0], c_args), a_args_terms[1])
@@ -609,7 +635,7 @@ def _reversible_loop_bwd(residuals, grad_out, perturbed, inputs, *, static):
         args=a_args,
         terms=a_terms,
         subs=ct_subs,
-        step_to=None if step_to is None else eqx.tree_at(
+        step_to=None if a_grid is None else eqx.tree_at(
             lambda c: c.ts, _zeros_like_inexact(step_to), a_grid
         ),
     )

@@ -39,6 +39,28 @@ def _zeros_like_inexact(tree):
     )
 
 
+def filter_vjp(fn, args, differentiate):
+    """`eqx.filter_vjp(fn, *args)`, differentiating only the arguments whose flag in
+    `differentiate` is `True` (the others are closed over, and get `None`).
+
+    Not differentiating a time that nobody asked about matters: an SDE's Brownian
+    motion, for one, cannot be differentiated with respect to time.
+    """
+    diff_args = [arg for arg, flag in zip(args, differentiate, strict=True) if flag]
+
+    def partial(*diff):
+        diff = iter(diff)
+        return fn(*[next(diff) if flag else arg for arg, flag in zip(args, differentiate)])
+
+    out, pullback = eqx.filter_vjp(partial, *diff_args)
+
+    def pullback_all(ct):
+        cts = iter(pullback(ct))
+        return tuple(next(cts) if flag else None for flag in differentiate)
+
+    return out, pullback_all
+
+
 def _linearise(terms, t, y, args):
     """Evaluates `terms.vf(t, y, args)` and its pullback with respect to `t`, `y`,
     `args` and the parameters inside `terms`."""
@@ -147,7 +169,20 @@ class AdjointTerm(eqx.Module):
             return value, _residuals(pullback)
         return None
 
-    def __call__(self, terms, t0, t1, y1, args, solver_state, carry, with_dense: bool):
+    def __call__(
+        self,
+        terms,
+        t0,
+        t1,
+        y1,
+        args,
+        solver_state,
+        carry,
+        *,
+        with_dense: bool,
+        with_time: bool,
+        t_previous,
+    ):
         """Undoes one step.
 
         **Arguments:**
@@ -157,6 +192,10 @@ class AdjointTerm(eqx.Module):
         - `y1`, `solver_state`: the step's outputs.
         - `carry`: from `init` or from the previous call.
         - `with_dense`: whether the pullback takes a cotangent for the dense output.
+        - `with_time`: whether to differentiate with respect to `t0` and `t1` (if not,
+            their cotangents are `None`).
+        - `t_previous`: the start time of the previous step (`t0` for the first step),
+            for solvers with `needs_previous_time`.
 
         **Returns:**
 
@@ -168,8 +207,9 @@ class AdjointTerm(eqx.Module):
         """
         solver = self.solver
         if self._reuse is None:
+            kwargs = dict(t_previous=t_previous) if solver.needs_previous_time else {}
             y0, solver_state0 = solver.backward_step(
-                terms, t0, t1, y1, args, solver_state, False
+                terms, t0, t1, y1, args, solver_state, False, **kwargs
             )
             step_terms = lambda _terms, _args: _terms
             carry0 = None
@@ -207,8 +247,10 @@ class AdjointTerm(eqx.Module):
                 return _y1, _solver_state1, _dense_info
             return _y1, _solver_state1
 
-        outputs, step_pullback = eqx.filter_vjp(
-            _step, y0, solver_state0, t0, t1, args, terms
+        outputs, step_pullback = filter_vjp(
+            _step,
+            (y0, solver_state0, t0, t1, args, terms),
+            (True, True, with_time, with_time, True, True),
         )
         dense_info = outputs[2] if with_dense else None
 

@@ -47,6 +47,14 @@ class AbstractReversibleSolver(diffrax.AbstractSolver):
 
     evaluation_reuse: ClassVar[Literal["same_step", "previous_step"] | None] = None
 
+    # Multistep solvers whose state holds the start time of the previous step (as
+    # diffrax's `LeapfrogMidpoint` does) cannot recover that time from the state: the
+    # step grid need not be uniform. Such a solver sets this to `True`, and its
+    # `backward_step` is then called with the keyword argument `t_previous`: the start
+    # time of the step before the one being inverted (for the first step, `t0` itself,
+    # as `init` would have it).
+    needs_previous_time: ClassVar[bool] = False
+
     @abc.abstractmethod
     def backward_step(
         self,
@@ -71,6 +79,8 @@ class AbstractReversibleSolver(diffrax.AbstractSolver):
         - `made_jump`: whether `step` was called with `made_jump=True`. Reversible
             solvers discard information across a jump, so this is always `False` when
             called by `ReversibleAdjoint`.
+        - `t_previous`: only passed, as a keyword argument, to solvers that set
+            `needs_previous_time = True`; see above.
 
         **Returns:**
 
