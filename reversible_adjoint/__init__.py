@@ -7,7 +7,11 @@ from ._adjoint import ReversibleAdjoint as ReversibleAdjoint
 from ._adjoint_term import AdjointTerm as AdjointTerm
 from ._solver import (
     AbstractReversibleSolver as AbstractReversibleSolver,
+    AsynchronousLeapfrog as AsynchronousLeapfrog,
+    LeapfrogMidpoint as LeapfrogMidpoint,
+    Reversible as Reversible,
     ReversibleHeun as ReversibleHeun,
+    SemiImplicitEuler as SemiImplicitEuler,
 )
 
 

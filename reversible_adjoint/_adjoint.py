@@ -27,6 +27,7 @@ saved by `steps`).
 """
 
 import functools as ft
+from collections.abc import Callable
 from typing import Any
 
 import equinox as eqx
@@ -38,13 +39,15 @@ import jax.tree_util as jtu
 import numpy as np
 
 import diffrax
-from diffrax._heuristics import is_unsafe_sde
+from diffrax._heuristics import is_sde, is_unsafe_sde
 from diffrax._integrate import SaveState
 from diffrax._saveat import save_y
 
 from ._adjoint_term import AdjointTerm, filter_vjp
 from ._solver.base import AbstractReversibleSolver
+from ._solver.leapfrog_midpoint import LeapfrogMidpoint
 from ._solver.reversible_heun import ReversibleHeun
+from ._solver.semi_implicit_euler import SemiImplicitEuler
 from ._step_record import as_tangent_tuple, init_recording
 
 
@@ -67,7 +70,11 @@ def _is_save_state(x):
 # diffrax's own reversible solvers, and the `AbstractReversibleSolver` that inverts them.
 # Their `solver_state` layouts coincide, so the forward pass runs the user's instance
 # unchanged and the backward pass inverts it with ours.
-_DIFFRAX_REVERSIBLE = {diffrax.ReversibleHeun: ReversibleHeun}
+_DIFFRAX_REVERSIBLE = {
+    diffrax.ReversibleHeun: ReversibleHeun,
+    diffrax.LeapfrogMidpoint: LeapfrogMidpoint,
+    diffrax.SemiImplicitEuler: SemiImplicitEuler,
+}
 
 
 def _supported_solvers():
@@ -378,9 +385,10 @@ def _reversible_loop_bwd(residuals, grad_out, perturbed, inputs, *, static):
         a_theta, a_grid = a_time
         a_theta = a_theta + ct_t * rec_tangents[k]
         if a_grid is not None:
-            # `StepTo` steps to `ts[k]`, except at the end, where the loop clips to
-            # `t1` (that dependence is in the tangents).
-            from_grid = (k >= 1) & (k < num_accepted) & (rec_ts[k] == grid[k])
+            # `StepTo` steps to `ts[k]`, except: at the start (`ts[1]` is the initial
+            # `tnext`, differentiated outside as a time input) and at the end, where
+            # the loop clips to `t1` (both dependences are in the tangents).
+            from_grid = (k >= 2) & (k < num_accepted) & (rec_ts[k] == grid[k])
             a_grid = a_grid.at[k].add(jnp.where(from_grid, ct_t, 0).astype(a_grid.dtype))
         return a_theta, a_grid
 
@@ -650,18 +658,55 @@ def _is_term_with_vector_field(x):
     return isinstance(x, (diffrax.ODETerm, diffrax.ControlTerm))
 
 
-def _hoist_closures(terms, t0, y0, args):
+class _RecordInputs(diffrax.AbstractTerm):
+    """A term that reports the `(t, y, args)` its vector field is called with."""
+
+    term: diffrax.AbstractTerm
+    report: Callable = eqx.field(static=True)
+
+    def vf(self, t, y, args):
+        self.report((t, y, args))
+        return self.term.vf(t, y, args)
+
+    def contr(self, t0, t1, **kwargs):
+        return self.term.contr(t0, t1, **kwargs)
+
+    def prod(self, vf, control):
+        return self.term.prod(vf, control)
+
+
+def _hoist_closures(terms, solver, t0, t1, y0, args, solver_state):
     """Makes the arrays that vector fields close over (e.g. `lambda t, y, args: -a * y`
     with `a` being differentiated) leaves of `terms`, so that the custom VJP
-    differentiates them, as `RecursiveCheckpointAdjoint` would."""
+    differentiates them, as `RecursiveCheckpointAdjoint` would.
 
-    def hoist(term):
-        if not _is_term_with_vector_field(term):
+    Each vector field is traced with the inputs the solver's `step` gives it, which
+    need not be `y` (`SemiImplicitEuler` gives each of its two terms the other half).
+    """
+    leaves, treedef = jtu.tree_flatten(terms, is_leaf=_is_term_with_vector_field)
+    inputs = {}
+
+    def as_struct(x):
+        return jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)) if eqx.is_array(x) else x
+
+    def recording(i, leaf):
+        if not _is_term_with_vector_field(leaf):
+            return leaf
+        report = lambda tya: inputs.setdefault(i, jtu.tree_map(as_struct, tya))
+        return _RecordInputs(leaf, report)
+
+    recording_terms = jtu.tree_unflatten(treedef, [recording(i, x) for i, x in enumerate(leaves)])
+    eqx.filter_eval_shape(
+        lambda: solver.step(recording_terms, t0, t1, y0, args, solver_state, False)
+    )
+
+    def hoist(i, term):
+        if i not in inputs:
             return term
-        vector_field = eqx.filter_closure_convert(term.vector_field, t0, y0, args)
+        vector_field = eqx.filter_closure_convert(term.vector_field, *inputs[i])
         return eqx.tree_at(lambda tm: tm.vector_field, term, vector_field)
 
-    return jtu.tree_map(hoist, terms, is_leaf=_is_term_with_vector_field)
+    return jtu.tree_unflatten(treedef, [hoist(i, x) for i, x in enumerate(leaves)])
 
 
 
@@ -770,6 +815,14 @@ class ReversibleAdjoint(diffrax.AbstractAdjoint):
                 "which needs a path that returns the same increment twice. Use "
                 "`diffrax.VirtualBrownianTree` instead."
             )
+        if is_sde(terms) and isinstance(solver, diffrax.AbstractItoSolver):
+            raise NotImplementedError(
+                f"`{type(solver).__name__}` converges to the Itô solution of an SDE, but "
+                "`adjoint=ReversibleAdjoint()` supports Stratonovich SDEs only (the "
+                "algebraically reversible schemes are Stratonovich). Write the SDE in "
+                "Stratonovich form and use `ReversibleHeun`, or use "
+                "`adjoint=diffrax.RecursiveCheckpointAdjoint()`."
+            )
         if init_state.made_jump is not False:
             raise NotImplementedError(
                 "`adjoint=ReversibleAdjoint()` does not support "
@@ -795,7 +848,9 @@ class ReversibleAdjoint(diffrax.AbstractAdjoint):
             stepsize_controller = eqxi.nondifferentiable(
                 stepsize_controller, msg=_NONDIFF_CONTROLLER
             )
-        terms = _hoist_closures(terms, t0, init_state.y, args)
+        terms = _hoist_closures(
+            terms, solver, t0, init_state.tnext, init_state.y, args, init_state.solver_state
+        )
         subs, subs_treedef = jtu.tree_flatten(saveat.subs, is_leaf=_is_subsaveat)
         # Hoist the arrays that `fn` closes over (e.g. the time direction, or a model)
         # into its PyTree, so that they are differentiated like everything else.

@@ -67,17 +67,22 @@ def _linearise(terms, t, y, args):
     return eqx.filter_vjp(lambda _t, _y, _a, _tm: _tm.vf(_t, _y, _a), t, y, args, terms)
 
 
-def _residuals(pullback):
-    """The arrays a pullback closes over: its linearisation's residuals."""
-    return jtu.tree_leaves(eqx.filter(pullback, eqx.is_array))
+def _residuals(pullback, constants):
+    """The arrays a pullback closes over (its linearisation's residuals), with `None`
+    for those that are among `constants`: the parameters, which are the same in every
+    linearisation and need not be carried from one backward step to the next."""
+    constant_ids = {id(x) for x in jtu.tree_leaves(constants)}
+    leaves = jtu.tree_leaves(eqx.filter(pullback, eqx.is_array))
+    return [None if id(x) in constant_ids else x for x in leaves]
 
 
 def _with_residuals(pullback, residuals):
-    """`pullback`, with its residuals replaced by `residuals` from a linearisation of
-    the same function at another point."""
+    """`pullback`, with its residuals replaced by `residuals` (from `_residuals`) of a
+    linearisation of the same function at another point."""
     dynamic, static = eqx.partition(pullback, eqx.is_array)
-    dynamic = jtu.tree_unflatten(jtu.tree_structure(dynamic), residuals)
-    return eqx.combine(dynamic, static)
+    leaves, treedef = jtu.tree_flatten(dynamic)
+    leaves = [new if old is None else old for old, new in zip(residuals, leaves, strict=True)]
+    return eqx.combine(jtu.tree_unflatten(treedef, leaves), static)
 
 
 @eqx.filter_custom_vjp
@@ -166,7 +171,7 @@ class AdjointTerm(eqx.Module):
         if self._reuse == "previous_step":
             t, y = self.solver.last_evaluation(terms, t1, solver_state)
             value, pullback = _linearise(terms, t, y, args)
-            return value, _residuals(pullback)
+            return value, _residuals(pullback, (args, terms))
         return None
 
     def __call__(
@@ -234,7 +239,7 @@ class AdjointTerm(eqx.Module):
             elif self._reuse == "previous_step":
                 value, residuals = carry
                 pullback = _with_residuals(pullback0, residuals)
-                carry0 = value0, _residuals(pullback0)
+                carry0 = value0, _residuals(pullback0, (args, terms))
             else:
                 raise ValueError(f"Unknown `evaluation_reuse={self._reuse!r}`.")
             step_terms = lambda _terms, _args: _ReplayTerm(_terms, value, pullback)

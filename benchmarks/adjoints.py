@@ -1,0 +1,315 @@
+"""Memory, speed and gradient accuracy of `ReversibleAdjoint` against diffrax's own
+adjoints, measured side by side in one run.
+
+    python benchmarks/adjoints.py            # full run: about 10 minutes on 2 CPU cores
+    python benchmarks/adjoints.py --quick    # under a minute (the test suite's smoke test)
+
+Problems (float32 unless stated):
+- `mlp`: a neural ODE, MLP vector field (width 128, depth 2), batch 32 x state 64;
+- `large`: the same with batch 256 x state 256 (memory and compile time only);
+- `sde`: a neural SDE, MLP drift and diagonal diffusion, batch 32 x state 64, on a
+  `VirtualBrownianTree`.
+Methods: `ReversibleAdjoint` with each reversible solver, and, on the same solver,
+`RecursiveCheckpointAdjoint` (default, and `checkpoints=max_steps`: store every step),
+`BacksolveAdjoint`, and `DirectAdjoint` up to 1,000 steps.
+Figures: median gradient and forward time (timed round-robin, so that all methods
+share the machine's noise), gradient/forward ratio, compile time, compiled temporary
+memory (`memory_analysis().temp_size_in_bytes`), and the relative error of the gradient
+against `RecursiveCheckpointAdjoint` computed in float64.
+
+Prints markdown tables and the targets of the benchmark issue with the measured
+figures; writes PNG plots and `results.json` to `benchmarks/results/` (or `--output`).
+"""
+
+import argparse
+import json
+import pathlib
+import platform
+import time
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import lineax as lx
+import numpy as np
+
+import reversible_adjoint as ra
+
+
+jax.config.update("jax_enable_x64", True)  # float64 for the error column only
+
+SOLVERS = {
+    "ReversibleHeun": lambda: ra.ReversibleHeun(),
+    "AsynchronousLeapfrog": lambda: ra.AsynchronousLeapfrog(),
+    "Reversible(Midpoint)": lambda: ra.Reversible(diffrax.Midpoint()),
+}
+BASELINES = {
+    "RecursiveCheckpointAdjoint": lambda n: diffrax.RecursiveCheckpointAdjoint(),
+    "RecursiveCheckpointAdjoint(checkpoints=max_steps)": lambda n: diffrax.RecursiveCheckpointAdjoint(checkpoints=n),
+    "BacksolveAdjoint": lambda n: diffrax.BacksolveAdjoint(),
+    "DirectAdjoint": lambda n: diffrax.DirectAdjoint(),
+}
+SHORT = {
+    "ReversibleAdjoint": "Reversible",
+    "RecursiveCheckpointAdjoint": "RCA",
+    "RecursiveCheckpointAdjoint(checkpoints=max_steps)": "RCA(all)",
+    "BacksolveAdjoint": "Backsolve",
+    "DirectAdjoint": "Direct",
+}
+
+
+#
+# Problems.
+#
+
+
+def make_problem(name, dtype):
+    """Returns `(params, static, terms_fn, y0)`: `terms_fn(model)` builds the terms."""
+    batch, size = (256, 256) if name == "large" else (32, 64)
+    keys = jr.split(jr.PRNGKey(0), 4)
+    drift = eqx.nn.MLP(size, size, 128, 2, activation=jnp.tanh, key=keys[0], dtype=dtype)
+    y0 = 0.5 * jr.normal(keys[1], (batch, size), dtype=dtype)
+    if name in ("mlp", "large"):
+        model = drift
+        terms_fn = lambda m: diffrax.ODETerm(lambda t, y, _: jax.vmap(m)(y))
+    else:
+        diffusion = eqx.nn.MLP(size, size, 128, 1, activation=jnp.tanh, key=keys[2], dtype=dtype)
+        model = (drift, diffusion)
+        y0 = y0.ravel()
+        bm = diffrax.VirtualBrownianTree(0.0, 1.0, tol=1e-3, shape=(batch * size,), key=keys[3], levy_area=diffrax.BrownianIncrement)
+        batched = lambda f, y: jax.vmap(f)(y.reshape(batch, size)).ravel()
+
+        def terms_fn(m):
+            return diffrax.MultiTerm(
+                diffrax.ODETerm(lambda t, y, _: batched(m[0], y)),
+                diffrax.ControlTerm(lambda t, y, _: lx.DiagonalLinearOperator(0.1 * batched(m[1], y)), bm),
+            )
+
+    params, static = eqx.partition(model, eqx.is_array)
+    return params, static, terms_fn, y0
+
+
+def make_fns(problem, solver, adjoint, num_steps, dtype):
+    params, static, terms_fn, y0 = make_problem(problem, dtype)
+    t0, t1 = jnp.asarray(0.0, dtype), jnp.asarray(1.0, dtype)
+
+    def solve(params, y0, adjoint):
+        model = eqx.combine(params, static)
+        sol = diffrax.diffeqsolve(
+            terms_fn(model), solver, t0, t1, (t1 - t0) / num_steps, y0,
+            adjoint=adjoint, max_steps=num_steps,
+        )
+        return jnp.mean(sol.ys**2)
+
+    grad = jax.jit(jax.grad(lambda p, y: solve(p, y, adjoint)))
+    forward = jax.jit(lambda p, y: solve(p, y, diffrax.RecursiveCheckpointAdjoint()))
+    return grad, forward, (params, y0)
+
+
+#
+# Measurement.
+#
+
+
+def compile_and_measure(fn, args):
+    start = time.perf_counter()
+    compiled = fn.lower(*args).compile()
+    compile_time = time.perf_counter() - start
+    memory = compiled.memory_analysis().temp_size_in_bytes
+    return compiled, compile_time, memory
+
+
+def round_robin(fns, args, repeats):
+    """Median wall time of each function, timed in interleaved rounds."""
+    for fn in fns.values():
+        jax.block_until_ready(fn(*args))
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def relative_error(got, want):
+    got, want = (jnp.concatenate([x.ravel() for x in jax.tree_util.tree_leaves(g)]) for g in (got, want))
+    return float(jnp.linalg.norm(got - want) / jnp.linalg.norm(want))
+
+
+def methods_for(solver_name, num_steps, quick):
+    methods = {"ReversibleAdjoint": lambda n: ra.ReversibleAdjoint()}
+    if solver_name == "Reversible(Midpoint)":
+        return methods  # baselines on the base solver would compare different solvers
+    for name, make in BASELINES.items():
+        if name == "DirectAdjoint" and (num_steps > 1000 or quick):
+            continue
+        methods[name] = make
+    return methods
+
+
+def run(problem, solver_names, step_counts, repeats, quick, timed=True):
+    rows = []
+    for num_steps in step_counts:
+        for solver_name in solver_names:
+            solver = SOLVERS[solver_name]()
+            methods = methods_for(solver_name, num_steps, quick)
+            compiled, info = {}, {}
+            for method, make_adjoint in methods.items():
+                grad, forward, args = make_fns(problem, solver, make_adjoint(num_steps), num_steps, jnp.float32)
+                compiled[method], compile_time, memory = compile_and_measure(grad, args)
+                info[method] = dict(compile_time=compile_time, memory=memory)
+            if timed:
+                compiled["forward"], _, _ = compile_and_measure(forward, args)
+                times = round_robin(compiled, args, repeats)
+            # Gradient error in float64 against RecursiveCheckpointAdjoint.
+            errors = {}
+            if problem != "large":
+                grads = {}
+                for method, make_adjoint in methods.items():
+                    grad64, _, args64 = make_fns(problem, solver, make_adjoint(num_steps), num_steps, jnp.float64)
+                    grads[method] = grad64(*args64)
+                if "RecursiveCheckpointAdjoint" in grads:
+                    errors = {m: relative_error(g, grads["RecursiveCheckpointAdjoint"]) for m, g in grads.items()}
+            for method in methods:
+                row = dict(problem=problem, steps=num_steps, solver=solver_name, method=method, **info[method])
+                if timed:
+                    row.update(time=times[method], forward=times["forward"], ratio=times[method] / times["forward"])
+                row["error"] = errors.get(method)
+                rows.append(row)
+            print(f"  done: {problem}, {num_steps} steps, {solver_name}", flush=True)
+    return rows
+
+
+#
+# Reporting.
+#
+
+
+def table(rows, timed=True):
+    header = "| steps | solver | adjoint | grad time (ms) | forward (ms) | grad/forward | compile (s) | temp memory (MiB) | error (float64) |"
+    lines = [header, "|---:|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        t = f"{r['time'] * 1e3:.1f} | {r['forward'] * 1e3:.1f} | {r['ratio']:.2f}" if "time" in r else "- | - | -"
+        error = "-" if r["error"] is None else f"{r['error']:.1e}"
+        lines.append(
+            f"| {r['steps']} | {r['solver']} | {r['method']} | {t} | {r['compile_time']:.2f} | "
+            f"{r['memory'] / 2**20:.2f} | {error} |"
+        )
+    return "\n".join(lines)
+
+
+def targets(rows):
+    """The benchmark issue's targets on the MLP problem, at 2,000 and 10,000 steps."""
+    lines = ["| steps | solver | figure | target | measured | met |", "|---:|---|---|---|---:|---|"]
+    for (steps, solver) in sorted({(r["steps"], r["solver"]) for r in rows if r["problem"] == "mlp"}):
+        if steps not in (2000, 10000) or solver not in ("ReversibleHeun", "AsynchronousLeapfrog"):
+            continue
+        by = {r["method"]: r for r in rows if r["problem"] == "mlp" and r["steps"] == steps and r["solver"] == solver}
+        ours = by["ReversibleAdjoint"]
+        store_all = by["RecursiveCheckpointAdjoint(checkpoints=max_steps)"]
+        checks = [
+            ("grad time / RCA default", "<= 0.55", ours["time"] / by["RecursiveCheckpointAdjoint"]["time"], lambda x: x <= 0.55),
+            ("grad time / RCA store-all", "<= 0.9", ours["time"] / store_all["time"], lambda x: x <= 0.9),
+            ("grad / forward time", "<= 4.3", ours["ratio"], lambda x: x <= 4.3),
+            ("store-all memory / ours", ">= 20 (at 2,000)", store_all["memory"] / ours["memory"], lambda x: x >= 20 or steps != 2000),
+            ("compile time / RCA default", "<= 1", ours["compile_time"] / by["RecursiveCheckpointAdjoint"]["compile_time"], lambda x: x <= 1.0),
+        ]
+        for name, target, value, ok in checks:
+            lines.append(f"| {steps} | {solver} | {name} | {target} | {value:.2f} | {'yes' if ok(value) else 'NO'} |")
+    # Memory flat in steps.
+    for solver in ("ReversibleHeun", "AsynchronousLeapfrog"):
+        mem = {r["steps"]: r["memory"] for r in rows if r["problem"] == "mlp" and r["solver"] == solver and r["method"] == "ReversibleAdjoint"}
+        if len(mem) > 1:
+            lo, hi = min(mem), max(mem)
+            growth = (mem[hi] - mem[lo]) / (hi - lo)
+            lines.append(f"| {lo}-{hi} | {solver} | memory growth per step (bytes) | flat (one time scalar) | {growth:.1f} | {'yes' if growth <= 16 else 'NO'} |")
+    return "\n".join(lines)
+
+
+def plot(rows, output):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mlp = [r for r in rows if r["problem"] == "mlp"]
+    fig, axes = plt.subplots(2, 3, figsize=(16, 9))
+    series = sorted({(r["solver"], r["method"]) for r in mlp})
+    for solver, method in series:
+        rs = sorted((r for r in mlp if r["solver"] == solver and r["method"] == method), key=lambda r: r["steps"])
+        label = f"{SHORT[method]} + {solver}"
+        style = "o-" if method == "ReversibleAdjoint" else "s--"
+        steps = [r["steps"] for r in rs]
+        axes[0, 0].loglog(steps, [r["time"] * 1e3 for r in rs], style, label=label)
+        axes[0, 1].loglog(steps, [r["memory"] / 2**20 for r in rs], style, label=label)
+        axes[0, 2].semilogx(steps, [r["ratio"] for r in rs], style, label=label)
+        axes[1, 0].semilogx(steps, [r["compile_time"] for r in rs], style, label=label)
+        errs = [(r["steps"], r["error"]) for r in rs if r["error"]]
+        if errs:
+            axes[1, 1].loglog(*zip(*errs), style, label=label)
+    forwards = sorted({(r["solver"], r["steps"], r["forward"]) for r in mlp})
+    for solver in sorted({s for s, _, _ in forwards}):
+        pts = [(n, f) for s, n, f in forwards if s == solver]
+        axes[0, 0].loglog(*zip(*[(n, f * 1e3) for n, f in pts]), ":", color="grey", label=f"forward ({solver})")
+    titles = [
+        ("gradient time (ms, median)", axes[0, 0]),
+        ("compiled temp memory (MiB)", axes[0, 1]),
+        ("gradient / forward time", axes[0, 2]),
+        ("compile time (s)", axes[1, 0]),
+        ("gradient relative error vs RCA (float64)", axes[1, 1]),
+    ]
+    for title, ax in titles:
+        ax.set_title(title)
+        ax.set_xlabel("solver steps")
+    axes[0, 1].legend(fontsize=7)
+    memory = [r for r in rows if r["problem"] in ("large", "sde") and r["steps"] == max(r["steps"] for r in rows)]
+    labels = [f"{r['problem']}\n{SHORT[r['method']]}\n{r['solver'][:8]}" for r in memory]
+    axes[1, 2].bar(range(len(memory)), [r["memory"] / 2**20 for r in memory])
+    axes[1, 2].set_xticks(range(len(memory)), labels, fontsize=6)
+    axes[1, 2].set_yscale("log")
+    axes[1, 2].set_title("temp memory (MiB), large state and neural SDE")
+    fig.suptitle(f"MLP neural ODE (batch 32 x 64, width 128, float32), {platform.processor() or platform.machine()}, {jax.devices()[0].device_kind}")
+    fig.tight_layout()
+    output.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output / "adjoints.png", dpi=90)
+    plt.close(fig)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small step counts, few repeats")
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--output", type=pathlib.Path, default=pathlib.Path(__file__).parent / "results")
+    options = parser.parse_args(argv)
+    if options.quick:
+        plan = [("mlp", ["ReversibleHeun", "AsynchronousLeapfrog"], [20, 100], True), ("sde", ["ReversibleHeun"], [50], True)]
+        repeats = options.repeats or 2
+    else:
+        plan = [
+            ("mlp", ["ReversibleHeun", "AsynchronousLeapfrog"], [100, 1000, 2000, 10000], True),
+            ("mlp", ["Reversible(Midpoint)"], [100, 1000, 2000], True),
+            ("large", ["ReversibleHeun"], [100, 2000], False),
+            ("sde", ["ReversibleHeun"], [100, 2000], True),
+        ]
+        repeats = options.repeats or 5
+    device = jax.devices()[0]
+    print(f"# Benchmark: {platform.platform()}, {jax.device_count()} x {device.device_kind}, jax {jax.__version__}, diffrax {diffrax.__version__}")
+    rows = []
+    for problem, solvers, steps, timed in plan:
+        rows += run(problem, solvers, steps, repeats, options.quick, timed)
+    for problem in dict.fromkeys(r["problem"] for r in rows):
+        print(f"\n## Problem: {problem}\n")
+        print(table([r for r in rows if r["problem"] == problem]))
+    print("\n## Targets (MLP problem)\n")
+    print(targets(rows))
+    options.output.mkdir(parents=True, exist_ok=True)
+    (options.output / "results.json").write_text(json.dumps(dict(platform=platform.platform(), device=device.device_kind, rows=rows), indent=1))
+    plot(rows, options.output)
+    print(f"\nwrote {options.output / 'adjoints.png'} and {options.output / 'results.json'}")
+
+
+if __name__ == "__main__":
+    main()

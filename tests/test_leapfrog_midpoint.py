@@ -1,0 +1,169 @@
+"""`LeapfrogMidpoint`: same numbers as diffrax's, an exact inverse on any grid, second
+order, and `ReversibleAdjoint` gradients equal to `RecursiveCheckpointAdjoint`'s for
+both our instance and diffrax's."""
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import pytest
+
+import reversible_adjoint as ra
+
+from .helpers import assert_nonzero, make_problem, max_relative_error, readout
+
+
+RTOL = 1e-8
+SOLVERS = [ra.LeapfrogMidpoint(), diffrax.LeapfrogMidpoint()]
+SOLVER_IDS = ["ra.LeapfrogMidpoint", "diffrax.LeapfrogMidpoint"]
+# Interior points of a non-uniform `StepTo` grid on [0, 2].
+GRID = jnp.linspace(0.3, 1.7, 9) ** 1.2
+NAMES = ["term", "y0", "args", "t0", "t1", "ts", "dt0"]
+
+
+def _solve(inputs, solver, controller_name, adjoint=diffrax.RecursiveCheckpointAdjoint(), grid=GRID):
+    """`inputs[-1]` is `dt0` for `ConstantStepSize`. For `StepTo` it is unused, and
+    `grid` is the interior of the grid, whose ends are `t0` and `t1`."""
+    term, y0, args, t0, t1, ts, dt0 = inputs
+    if controller_name == "constant":
+        controller = diffrax.ConstantStepSize()
+    else:
+        controller, dt0 = diffrax.StepTo(jnp.concatenate([t0[None], grid, t1[None]])), None
+    saveat = diffrax.SaveAt(
+        subs=[diffrax.SubSaveAt(ts=ts, t1=True), diffrax.SubSaveAt(steps=True)]
+    )
+    return diffrax.diffeqsolve(
+        term, solver, t0, t1, dt0, y0, args=args, saveat=saveat,
+        stepsize_controller=controller, adjoint=adjoint, max_steps=64,
+    )
+
+
+def _loss(sol):
+    return readout(sol.ys) + 0.3 * readout(sol.ts)
+
+
+def _inputs():
+    term, y0, args = make_problem()
+    ts = jnp.array([0.0, 0.13, 0.5, 0.51, 1.0, 1.77, 2.0])
+    return term, y0, args, jnp.array(0.0), jnp.array(2.0), ts, jnp.array(0.05)
+
+
+@pytest.mark.parametrize("solver", SOLVERS, ids=SOLVER_IDS)
+@pytest.mark.parametrize("controller_name", ["constant", "stepto"])
+def test_gradient_parity(solver, controller_name):
+    """Every input, `SaveAt(ts=..., t1=True)` and `SaveAt(steps=True)` together. On the
+    `StepTo` grid (and, by round-off, on the `ConstantStepSize` one) consecutive steps
+    differ, so the inverse must use the recorded previous time."""
+
+    @eqx.filter_jit
+    @eqx.filter_grad
+    def grad(inputs, adjoint):
+        return _loss(_solve(inputs, solver, controller_name, adjoint))
+
+    inputs = _inputs()
+    want = grad(inputs, diffrax.RecursiveCheckpointAdjoint())
+    got = grad(inputs, ra.ReversibleAdjoint())
+    if controller_name == "stepto":
+        assert jnp.all(want[-1] == 0) and jnp.all(got[-1] == 0)  # `dt0` is unused
+        want, got = want[:-1], got[:-1]
+    assert_nonzero(want)
+    errors = {name: max_relative_error(g, w) for name, g, w in zip(NAMES, got, want)}
+    assert max(errors.values()) < RTOL, errors
+
+
+@pytest.mark.parametrize("solver", SOLVERS, ids=SOLVER_IDS)
+def test_step_to_grid_gradient(solver):
+    """Gradient with respect to the times of a non-uniform `StepTo` grid."""
+
+    @eqx.filter_jit
+    @eqx.filter_grad
+    def grad(grid, adjoint):
+        return _loss(_solve(_inputs(), solver, "stepto", adjoint, grid))
+
+    want = grad(GRID, diffrax.RecursiveCheckpointAdjoint())
+    got = grad(GRID, ra.ReversibleAdjoint())
+    assert_nonzero(want)
+    assert max_relative_error(got, want) < RTOL
+
+
+def test_matches_diffrax():
+    """Forward: bit-for-bit the numbers of `diffrax.LeapfrogMidpoint`, state included."""
+    for controller_name in ["constant", "stepto"]:
+        inputs = _inputs()
+        sols = [
+            _solve(inputs, solver, controller_name).ys for solver in SOLVERS
+        ]
+        assert max_relative_error(sols[0], sols[1]) == 0
+
+
+def _round_trip(ts, term, y0, args):
+    """Forward `len(ts) - 1` steps on the grid `ts`, then `backward_step` back."""
+    solver = ra.LeapfrogMidpoint()
+    num_steps = len(ts) - 1
+    state0 = solver.init(term, ts[0], ts[1], y0, args)
+
+    def forward(i, carry):
+        y, state = carry
+        y, _, _, state, _ = solver.step(term, ts[i], ts[i + 1], y, args, state, False)
+        return y, state
+
+    def backward(i, carry):
+        y, state = carry
+        k = num_steps - 1 - i
+        t_previous = ts[jnp.maximum(k - 1, 0)]
+        return solver.backward_step(
+            term, ts[k], ts[k + 1], y, args, state, False, t_previous=t_previous
+        )
+
+    y1, state1 = jax.lax.fori_loop(0, num_steps, forward, (y0, state0))
+    return jax.lax.fori_loop(0, num_steps, backward, (y1, state1)), (y0, state0)
+
+
+@pytest.mark.parametrize("grid", ["uniform", "non-uniform"])
+def test_round_trip(grid):
+    """1000 steps forward then back recovers `y0` and the state `(t0, y0)`."""
+    term, y0, args = make_problem()
+    u = jnp.linspace(0.0, 1.0, 1001)
+    # Steps between 0.5 and 1.5 times the mean, varying from step to step.
+    ts = 10.0 * u if grid == "uniform" else 10.0 * (u + 0.5 * jnp.sin(40 * jnp.pi * u) / (40 * jnp.pi))
+    assert (grid == "uniform") == bool(jnp.allclose(jnp.diff(ts), 0.01))
+    got, want = jax.jit(_round_trip)(ts, term, y0, args)
+    assert max_relative_error(got, want) < 1e-12
+
+
+def test_backward_step_needs_previous_time():
+    """The inverse needs the previous time: a wrong one gives a wrong `y₋₁`."""
+    term, y0, args = make_problem()
+    solver = ra.LeapfrogMidpoint()
+    assert solver.needs_previous_time
+    state = (0.0, y0)
+    y1, _, _, state1, _ = solver.step(term, 0.1, 0.3, y0, args, (0.0, y0), False)
+    y_inv, state_inv = solver.backward_step(term, 0.1, 0.3, y1, args, state1, False, t_previous=0.0)
+    assert max_relative_error((y_inv, state_inv), (y0, state)) < 1e-15
+    _, (_, ym1_wrong) = solver.backward_step(term, 0.1, 0.3, y1, args, state1, False, t_previous=-0.1)
+    assert max_relative_error(ym1_wrong, y0) > 1e-3
+
+
+def test_second_order():
+    """Global error on y' = t J y with a known solution shrinks 4x per halving."""
+    # y = (cos(t^2/2), sin(t^2/2)) solves y' = t [[0, -1], [1, 0]] y.
+    term = diffrax.ODETerm(lambda t, y, args: t * jnp.array([-y[1], y[0]]))
+    exact = lambda t: jnp.array([jnp.cos(t**2 / 2), jnp.sin(t**2 / 2)])
+    errors = []
+    for n in (200, 400, 800, 1600):
+        sol = diffrax.diffeqsolve(term, ra.LeapfrogMidpoint(), 0.0, 2.0, 2.0 / n, exact(0.0), max_steps=n)
+        errors.append(jnp.max(jnp.abs(sol.ys[-1] - exact(2.0))))
+    orders = [float(jnp.log2(a / b)) for a, b in zip(errors[:-1], errors[1:])]
+    assert all(abs(o - 2) < 0.1 for o in orders), orders
+
+
+@pytest.mark.parametrize("solver", SOLVERS, ids=SOLVER_IDS)
+def test_adaptive_steps_refused(solver):
+    """No error estimate: a `PIDController` is refused, as diffrax refuses it."""
+    term, y0, args = make_problem()
+    with pytest.raises(RuntimeError, match="adaptive step sizes.*error estimates"):
+        diffrax.diffeqsolve(
+            term, solver, 0.0, 1.0, 0.1, y0, args=args,
+            stepsize_controller=diffrax.PIDController(rtol=1e-3, atol=1e-6),
+            adjoint=ra.ReversibleAdjoint(),
+        )

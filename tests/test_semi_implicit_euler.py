@@ -1,0 +1,169 @@
+"""`SemiImplicitEuler`: same numbers as diffrax's, an exact inverse, first order, and
+`ReversibleAdjoint` gradients equal to `RecursiveCheckpointAdjoint`'s for both our
+instance and diffrax's."""
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import pytest
+
+import reversible_adjoint as ra
+
+from .helpers import assert_nonzero, max_relative_error, readout
+
+
+RTOL = 1e-8
+SOLVERS = [ra.SemiImplicitEuler(), diffrax.SemiImplicitEuler()]
+SOLVER_IDS = ["ra.SemiImplicitEuler", "diffrax.SemiImplicitEuler"]
+# Interior points of a non-uniform `StepTo` grid on [0, 2].
+GRID = jnp.linspace(0.3, 1.7, 9) ** 1.2
+NAMES = ["terms", "y0", "args", "t0", "t1", "ts", "dt0"]
+
+
+class Velocity(eqx.Module):
+    """dq/dt = M(t) p: time-dependent, with a parameter (`M`) inside the term."""
+
+    M: jax.Array
+
+    def __call__(self, t, p, args):
+        scale = 1 + 0.3 * jnp.sin(t)
+        return {"u": scale * (self.M @ p["u"]), "w": scale * p["w"]}
+
+
+def _force(t, q, args):
+    """dp/dt = −a q − b cos(t) tanh(q)."""
+    a, b = args
+    return jax.tree_util.tree_map(lambda x: -a * x - b * jnp.cos(t) * jnp.tanh(x), q)
+
+
+def _inputs():
+    # diffrax checks each term against its own half of the state, so `q` and `p` must
+    # share a structure.
+    M = jnp.array([[1.0, 0.2], [0.2, 0.7]])
+    terms = (diffrax.ODETerm(Velocity(M)), diffrax.ODETerm(_force))
+    q0 = {"u": jnp.array([1.0, 0.5]), "w": jnp.array(-0.4)}
+    p0 = {"u": jnp.array([0.3, -0.2]), "w": jnp.array(0.6)}
+    args = (jnp.array(0.7), jnp.array(0.4))
+    ts = jnp.array([0.0, 0.13, 0.5, 0.51, 1.0, 1.77, 2.0])
+    return terms, (q0, p0), args, jnp.array(0.0), jnp.array(2.0), ts, jnp.array(0.05)
+
+
+def _solve(inputs, solver, controller_name, adjoint=diffrax.RecursiveCheckpointAdjoint(), grid=GRID):
+    """`inputs[-1]` is `dt0` for `ConstantStepSize`. For `StepTo` it is unused, and
+    `grid` is the interior of the grid, whose ends are `t0` and `t1`."""
+    terms, y0, args, t0, t1, ts, dt0 = inputs
+    if controller_name == "constant":
+        controller = diffrax.ConstantStepSize()
+    else:
+        controller, dt0 = diffrax.StepTo(jnp.concatenate([t0[None], grid, t1[None]])), None
+    saveat = diffrax.SaveAt(
+        subs=[diffrax.SubSaveAt(ts=ts, t1=True), diffrax.SubSaveAt(steps=True)]
+    )
+    return diffrax.diffeqsolve(
+        terms, solver, t0, t1, dt0, y0, args=args, saveat=saveat,
+        stepsize_controller=controller, adjoint=adjoint, max_steps=64,
+    )
+
+
+def _loss(sol):
+    return readout(sol.ys) + 0.3 * readout(sol.ts)
+
+
+@pytest.mark.parametrize("solver", SOLVERS, ids=SOLVER_IDS)
+@pytest.mark.parametrize("controller_name", ["constant", "stepto"])
+def test_gradient_parity(solver, controller_name):
+    """Every input, `SaveAt(ts=..., t1=True)` and `SaveAt(steps=True)` together."""
+
+    @eqx.filter_jit
+    @eqx.filter_grad
+    def grad(inputs, adjoint):
+        return _loss(_solve(inputs, solver, controller_name, adjoint))
+
+    inputs = _inputs()
+    want = grad(inputs, diffrax.RecursiveCheckpointAdjoint())
+    got = grad(inputs, ra.ReversibleAdjoint())
+    if controller_name == "stepto":
+        assert jnp.all(want[-1] == 0) and jnp.all(got[-1] == 0)  # `dt0` is unused
+        want, got = want[:-1], got[:-1]
+    assert_nonzero(want)
+    errors = {name: max_relative_error(g, w) for name, g, w in zip(NAMES, got, want)}
+    assert max(errors.values()) < RTOL, errors
+
+
+def test_step_to_grid_gradient():
+    """Gradient with respect to the times of a non-uniform `StepTo` grid."""
+
+    @eqx.filter_jit
+    @eqx.filter_grad
+    def grad(grid, adjoint):
+        return _loss(_solve(_inputs(), SOLVERS[0], "stepto", adjoint, grid))
+
+    want = grad(GRID, diffrax.RecursiveCheckpointAdjoint())
+    got = grad(GRID, ra.ReversibleAdjoint())
+    assert_nonzero(want)
+    assert max_relative_error(got, want) < RTOL
+
+
+def test_matches_diffrax():
+    """Forward: bit-for-bit the numbers of `diffrax.SemiImplicitEuler`."""
+    for controller_name in ["constant", "stepto"]:
+        sols = [_solve(_inputs(), solver, controller_name).ys for solver in SOLVERS]
+        assert max_relative_error(sols[0], sols[1]) == 0
+
+
+def test_round_trip():
+    """1000 steps forward, then `backward_step` 1000 times, recovers `y0`."""
+    terms, y0, args, *_ = _inputs()
+    solver = ra.SemiImplicitEuler()
+    num_steps = 1000
+    ts = jnp.linspace(0.0, 10.0, num_steps + 1)
+
+    def forward(i, y):
+        y, _, _, _, _ = solver.step(terms, ts[i], ts[i + 1], y, args, None, False)
+        return y
+
+    def backward(i, y):
+        k = num_steps - 1 - i
+        y, state = solver.backward_step(terms, ts[k], ts[k + 1], y, args, None, False)
+        assert state is None
+        return y
+
+    @jax.jit
+    def round_trip(y0):
+        return jax.lax.fori_loop(0, num_steps, backward, jax.lax.fori_loop(0, num_steps, forward, y0))
+
+    assert max_relative_error(round_trip(y0), y0) < 1e-12
+
+
+# The harmonic oscillator q' = p, p' = −q, as two terms.
+OSCILLATOR = (
+    diffrax.ODETerm(lambda t, p, args: p),
+    diffrax.ODETerm(lambda t, q, args: -q),
+)
+
+
+def test_first_order():
+    """Global error on the harmonic oscillator halves per halving of the step."""
+    terms = OSCILLATOR
+    y0 = (jnp.array(1.0), jnp.array(0.0))
+    exact = lambda t: jnp.array([jnp.cos(t), -jnp.sin(t)])
+    errors = []
+    for n in (200, 400, 800, 1600):
+        sol = diffrax.diffeqsolve(terms, ra.SemiImplicitEuler(), 0.0, 2.0, 2.0 / n, y0, max_steps=n)
+        q, p = sol.ys
+        errors.append(jnp.max(jnp.abs(jnp.array([q[-1], p[-1]]) - exact(2.0))))
+    orders = [float(jnp.log2(a / b)) for a, b in zip(errors[:-1], errors[1:])]
+    assert all(abs(o - 1) < 0.1 for o in orders), orders
+
+
+@pytest.mark.parametrize("solver", SOLVERS, ids=SOLVER_IDS)
+def test_adaptive_steps_refused(solver):
+    """No error estimate: a `PIDController` is refused, as diffrax refuses it."""
+    y0 = (jnp.array(1.0), jnp.array(0.0))
+    with pytest.raises(RuntimeError, match="adaptive step sizes.*error estimates"):
+        diffrax.diffeqsolve(
+            OSCILLATOR, solver, 0.0, 1.0, 0.1, y0,
+            stepsize_controller=diffrax.PIDController(rtol=1e-3, atol=1e-6),
+            adjoint=ra.ReversibleAdjoint(),
+        )
