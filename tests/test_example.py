@@ -23,12 +23,12 @@ def test_smoke(tmp_path, capsys):
     example = _load_example()
     output = tmp_path / "out.png"
     example.main(
-        ["--iterations", "3", "--steps", "20", "--compare-steps", "40", "--repeats", "1",
+        ["--iterations", "3", "--steps", "20", "--compare-steps", "20", "--repeats", "1",
          "--dataset-size", "16", "--batch-size", "8", "--output", str(output)]
     )
     printed = capsys.readouterr().out
     assert "final loss" in printed
-    assert "| 40 | ReversibleAdjoint |" in printed
+    assert "| 20 | ReversibleAdjoint |" in printed
     assert output.stat().st_size > 0
 
 
