@@ -43,7 +43,7 @@ from diffrax._heuristics import is_sde, is_unsafe_sde
 from diffrax._integrate import SaveState
 from diffrax._saveat import save_y
 
-from ._adjoint_term import AdjointTerm, filter_vjp
+from ._adjoint_term import AdjointTerm, filter_vjp, zeros_like_inexact as _zeros_like_inexact
 from ._solver.base import AbstractReversibleSolver
 from ._solver.leapfrog_midpoint import LeapfrogMidpoint
 from ._solver.reversible_heun import ReversibleHeun
@@ -95,12 +95,6 @@ def _as_reversible(solver) -> AbstractReversibleSolver:
             "other solvers use `adjoint=diffrax.RecursiveCheckpointAdjoint()`."
         )
     return reversible()
-
-
-def _zeros_like_inexact(tree):
-    return jtu.tree_map(
-        lambda x: jnp.zeros_like(x) if eqx.is_inexact_array(x) else None, tree
-    )
 
 
 def _materialise(ct, like):

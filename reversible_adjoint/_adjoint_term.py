@@ -33,7 +33,8 @@ import diffrax
 from ._solver.base import AbstractReversibleSolver
 
 
-def _zeros_like_inexact(tree):
+def zeros_like_inexact(tree):
+    """Zeros for the inexact arrays of `tree`, `None` elsewhere: a zero cotangent."""
     return jtu.tree_map(
         lambda x: jnp.zeros_like(x) if eqx.is_inexact_array(x) else None, tree
     )

@@ -7,7 +7,6 @@ from typing import ClassVar
 import diffrax
 import equinox as eqx
 import jax
-import jax.extend
 import jax.numpy as jnp
 import jax.random as jr
 import jax.tree_util as jtu
@@ -15,7 +14,17 @@ import pytest
 
 import reversible_adjoint as ra
 
-from .helpers import assert_nonzero, make_problem, max_relative_error, readout
+from .helpers import (
+    assert_nonzero,
+    backward_loop_evaluations,
+    count_primitives,
+    make_problem,
+    max_relative_error,
+    readout,
+    round_trip,
+    sinh_loss,
+    sinh_vector_field,
+)
 
 
 RTOL = 1e-8
@@ -113,28 +122,6 @@ def test_parity_damped():
 # The inverse.
 
 
-def _forward_then_backward(solver, term, y0, args, t0, dt, num_steps):
-    ts = t0 + dt * jnp.arange(num_steps + 1)
-    state0 = solver.init(term, ts[0], ts[1], y0, args)
-
-    def forward(i, carry):
-        y, state = carry
-        y, _, _, state, _ = solver.step(term, ts[i], ts[i + 1], y, args, state, False)
-        return y, state
-
-    def backward(i, carry):
-        y, state = carry
-        k = num_steps - 1 - i
-        return solver.backward_step(term, ts[k], ts[k + 1], y, args, state, False)
-
-    y1, state1 = jax.lax.fori_loop(0, num_steps, forward, (y0, state0))
-    y0_again, state0_again = jax.lax.fori_loop(0, num_steps, backward, (y1, state1))
-    return (y0_again, state0_again), (y0, state0)
-
-
-_round_trip = eqx.filter_jit(_forward_then_backward)
-
-
 def _harmonic_oscillator():
     term = diffrax.ODETerm(lambda t, y, args: jnp.array([y[1], -args * y[0]]))
     return term, jnp.array([1.0, 0.0]), jnp.array(4.0)
@@ -144,7 +131,7 @@ def _harmonic_oscillator():
 def test_round_trip(num_steps):
     """Forward N steps, then `backward_step` N times, recovers `y0` and `v0`."""
     for term, y0, args in (make_problem(), _harmonic_oscillator()):
-        got, want = _round_trip(ra.AsynchronousLeapfrog(), term, y0, args, 0.0, 0.01, num_steps)
+        got, want, _ = round_trip(ra.AsynchronousLeapfrog(), term, 0.01 * jnp.arange(num_steps + 1), y0, args)
         assert max_relative_error(got, want) < 1e-12
 
 
@@ -152,7 +139,7 @@ def test_round_trip_damped():
     """With `eta < 1` the inverse is still exact, up to round-off amplified by
     `1/|1 − 2η|` per step."""
     term, y0, args = _harmonic_oscillator()
-    got, want = _round_trip(_damped(0.9), term, y0, args, 0.0, 0.01, 20)
+    got, want, _ = round_trip(_damped(0.9), term, 0.01 * jnp.arange(21), y0, args)
     assert max_relative_error(got, want) < 1e-12
 
 
@@ -269,68 +256,24 @@ class UnfusedLeapfrog(ra.AsynchronousLeapfrog):
     evaluation_reuse: ClassVar = None
 
 
-def _vector_field(t, y, args):
-    # `sinh` marks vector-field evaluations in the jaxpr; its derivative is `cosh`.
-    return jnp.sinh(args * y[::-1]) * jnp.cos(t) - 0.1 * y
-
-
-def _loss(solver, adjoint, y0, args):
-    sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(_vector_field), solver, 0.0, 2.0, 0.05, y0, args=args,
-        saveat=diffrax.SaveAt(t1=True), adjoint=adjoint,
-    )
-    return readout(sol.ys)
-
-
-def _count(jaxpr, name):
-    count = 0
-    for eqn in jaxpr.eqns:
-        count += eqn.primitive.name == name
-        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-            count += _count(sub, name)
-    return count
-
-
-def _backward_loop_evaluations(solver):
-    """Number of vector-field evaluations (`sinh`) in the body of the while loop that
-    also differentiates the vector field (`cosh`): the backward loop."""
-    y0, args = jnp.array([0.4, -0.3, 0.2]), jnp.array(0.8)
-    jaxpr = jax.make_jaxpr(jax.grad(_loss, argnums=(2, 3)), static_argnums=(0, 1))(
-        solver, ra.ReversibleAdjoint(), y0, args
-    ).jaxpr
-    bodies = []
-
-    def find(jaxpr):
-        for eqn in jaxpr.eqns:
-            if eqn.primitive.name == "while":
-                bodies.append(eqn.params["body_jaxpr"].jaxpr)
-            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-                find(sub)
-
-    find(jaxpr)
-    backward = [b for b in bodies if _count(b, "cosh") > 0]
-    assert len(backward) == 1
-    return _count(backward[0], "sinh")
-
-
 def test_step_evaluates_once():
     y0, args = jnp.array([0.4, -0.3, 0.2]), jnp.array(0.8)
-    term, solver = diffrax.ODETerm(_vector_field), ra.AsynchronousLeapfrog()
+    term, solver = diffrax.ODETerm(sinh_vector_field), ra.AsynchronousLeapfrog()
     state = solver.init(term, 0.0, 0.1, y0, args)
     step = lambda y, state: solver.step(term, 0.0, 0.1, y, args, state, False)
-    assert _count(jax.make_jaxpr(step)(y0, state).jaxpr, "sinh") == 1
+    assert count_primitives(jax.make_jaxpr(step)(y0, state).jaxpr, "sinh") == 1
 
 
 def test_fused_backward_step_evaluates_once():
-    assert _backward_loop_evaluations(ra.AsynchronousLeapfrog()) == 1
+    assert backward_loop_evaluations(ra.AsynchronousLeapfrog()) == 1
     # The generic path: one evaluation to invert, one inside the step's vjp.
-    assert _backward_loop_evaluations(UnfusedLeapfrog()) == 2
+    assert backward_loop_evaluations(UnfusedLeapfrog()) == 2
 
 
 def test_unfused_parity():
     """The generic path agrees too (it shares `step` and `backward_step`)."""
     y0, args = jnp.array([0.4, -0.3, 0.2]), jnp.array(0.8)
-    grad = jax.jit(jax.grad(_loss, argnums=(2, 3)), static_argnums=(0, 1))
+    grad = jax.jit(jax.grad(sinh_loss, argnums=(2, 3)), static_argnums=(0, 1))
     want = grad(ra.AsynchronousLeapfrog(), diffrax.RecursiveCheckpointAdjoint(), y0, args)
     assert_nonzero(want)
     for solver in (ra.AsynchronousLeapfrog(), UnfusedLeapfrog()):

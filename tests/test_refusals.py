@@ -75,3 +75,13 @@ def test_differentiating_controller_parameters():
 
     with pytest.raises(Exception, match=r"step size controllers.*RecursiveCheckpointAdjoint"):
         jax.grad(loss)(0.05)
+
+
+def test_solver_without_inverse():
+    class EulerWithoutInverse(ra.AbstractReversibleSolver, diffrax.Euler):
+        pass
+
+    with pytest.raises(NotImplementedError, match=r"must implement `backward_step`"):
+        jax.grad(lambda y0: jnp.sum(_solve(solver=EulerWithoutInverse(), y0=y0).ys["x"]))(
+            make_problem()[1]
+        )

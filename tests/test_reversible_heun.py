@@ -8,35 +8,14 @@ import pytest
 
 import reversible_adjoint as ra
 
-from .helpers import make_problem, max_relative_error
-
-
-def _forward_then_backward(solver, term, y0, args, t0, dt, num_steps):
-    ts = t0 + dt * jnp.arange(num_steps + 1)
-    state0 = solver.init(term, ts[0], ts[1], y0, args)
-
-    def forward(i, carry):
-        y, state = carry
-        y, _, _, state, _ = solver.step(term, ts[i], ts[i + 1], y, args, state, False)
-        return y, state
-
-    def backward(i, carry):
-        y, state = carry
-        k = num_steps - 1 - i
-        return solver.backward_step(term, ts[k], ts[k + 1], y, args, state, False)
-
-    y1, state1 = jax.lax.fori_loop(0, num_steps, forward, (y0, state0))
-    y0_again, state0_again = jax.lax.fori_loop(0, num_steps, backward, (y1, state1))
-    return (y0_again, state0_again), (y0, state0)
+from .helpers import make_problem, max_relative_error, round_trip
 
 
 @pytest.mark.parametrize("num_steps", [10, 1000])
 def test_round_trip(num_steps):
     """Forward N steps, then `backward_step` N times, recovers the start."""
     term, y0, args = make_problem()
-    got, want = jax.jit(_forward_then_backward, static_argnums=(0, 6))(
-        ra.ReversibleHeun(), term, y0, args, 0.0, 0.01, num_steps
-    )
+    got, want, _ = round_trip(ra.ReversibleHeun(), term, 0.01 * jnp.arange(num_steps + 1), y0, args)
     assert max_relative_error(got, want) < 1e-12
 
 

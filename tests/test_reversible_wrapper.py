@@ -14,7 +14,7 @@ import pytest
 
 import reversible_adjoint as ra
 
-from .helpers import assert_nonzero, make_problem, max_relative_error, readout
+from .helpers import assert_nonzero, make_problem, max_relative_error, readout, round_trip
 
 
 RTOL = 1e-8
@@ -121,33 +121,12 @@ def _oscillator():
     return term, jnp.array([1.0, 0.0]), None
 
 
-def _forward_then_backward(solver, term, y0, args, dt, num_steps):
-    ts = dt * jnp.arange(num_steps + 1)
-    state0 = solver.init(term, ts[0], ts[1], y0, args)
-
-    def forward(i, carry):
-        y, state = carry
-        y, _, _, state, _ = solver.step(term, ts[i], ts[i + 1], y, args, state, False)
-        return y, state
-
-    def backward(i, carry):
-        y, state = carry
-        k = num_steps - 1 - i
-        return solver.backward_step(term, ts[k], ts[k + 1], y, args, state, False)
-
-    y1, state1 = jax.lax.fori_loop(0, num_steps, forward, (y0, state0))
-    got = jax.lax.fori_loop(0, num_steps, backward, (y1, state1))
-    return got, (y0, state0), state1
-
-
 @pytest.mark.parametrize("base", ["Midpoint", "Tsit5"])
 def test_round_trip(base):
     """Forward 1000 steps, then `backward_step` 1000 times, recovers `y0` and `z0`."""
     term, y0, args = _oscillator()
     solver = ra.Reversible(BASES[base], coupling=0.999)
-    got, want, state1 = jax.jit(_forward_then_backward, static_argnums=(0, 1, 5))(
-        solver, term, y0, args, 0.01, 1000
-    )
+    got, want, (_, state1) = round_trip(solver, term, 0.01 * jnp.arange(1001), y0, args)
     # The solve really went somewhere (ten radians of phase), and `z` differs from `y`.
     assert jnp.max(jnp.abs(state1 - y0)) > 0.1
     assert max_relative_error(got, want) < 1e-12

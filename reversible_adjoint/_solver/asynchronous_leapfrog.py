@@ -201,16 +201,6 @@ class AsynchronousLeapfrog(AbstractReversibleSolver, diffrax.AbstractAdaptiveSol
         y0 = _half_step(terms, k, v0, control)
         return y0, v0, aux
 
-    def backward_step(
-        self, terms, t0, t1, y1, args, solver_state: _SolverState, made_jump
-    ) -> tuple[PyTree, _SolverState]:
-        del made_jump
-        evaluate = lambda t, y: (terms.vf(t, y, args), None)
-        y0, solver_state0, _ = self.fused_backward_step(
-            evaluate, terms, t0, t1, y1, args, solver_state
-        )
-        return y0, solver_state0
-
     def func(self, terms, t0, y0, args):
         return terms.vf(t0, y0, args)
 

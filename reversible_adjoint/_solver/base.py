@@ -11,7 +11,6 @@ once per step and uses that one linearisation twice: to reconstruct the step, an
 pull cotangents back through the step that evaluated there. See ALGORITHMS.md, "Fusing".
 """
 
-import abc
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
@@ -23,7 +22,8 @@ class AbstractReversibleSolver(diffrax.AbstractSolver):
     """Abstract base class for algebraically reversible solvers.
 
     Subclasses implement everything a `diffrax.AbstractSolver` does (`init`, `step`,
-    `func`, `order`, ...) plus `backward_step`, the exact inverse of `step`: given the
+    `func`, `order`, ...) plus `backward_step`, the exact inverse of `step` (or its
+    fused form, below): given the
     outputs of a step from `t0` to `t1`, it returns the step's inputs, to round-off.
     Such a solver can be used with any adjoint; with
     [`reversible_adjoint.ReversibleAdjoint`][] its gradients cost O(1) memory in the
@@ -55,7 +55,6 @@ class AbstractReversibleSolver(diffrax.AbstractSolver):
     # as `init` would have it).
     needs_previous_time: ClassVar[bool] = False
 
-    @abc.abstractmethod
     def backward_step(
         self,
         terms: PyTree[diffrax.AbstractTerm],
@@ -87,7 +86,21 @@ class AbstractReversibleSolver(diffrax.AbstractSolver):
         A 2-tuple `(y0, solver_state0)` such that
         `step(terms, t0, t1, y0, args, solver_state0, made_jump)` returns `y1` and
         `solver_state` to round-off.
+
+        Subclasses implement this, or `fused_backward_step`, from which this follows
+        with a plain evaluation of the vector field.
         """
+        del made_jump
+        if type(self).fused_backward_step is AbstractReversibleSolver.fused_backward_step:
+            raise NotImplementedError(
+                f"`{type(self).__name__}` must implement `backward_step`, the exact "
+                "inverse of `step` (or `fused_backward_step`)."
+            )
+        evaluate = lambda t, y: (terms.vf(t, y, args), None)
+        y0, solver_state0, _ = self.fused_backward_step(
+            evaluate, terms, t0, t1, y1, args, solver_state
+        )
+        return y0, solver_state0
 
     def fused_backward_step(
         self,

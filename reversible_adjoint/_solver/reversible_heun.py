@@ -118,16 +118,6 @@ class ReversibleHeun(
         y0 = _trapezoid(terms, y1, vf1, vf0, control)
         return y0, (yhat0, vf0), aux
 
-    def backward_step(
-        self, terms, t0, t1, y1, args, solver_state: _SolverState, made_jump
-    ) -> tuple[PyTree, _SolverState]:
-        del made_jump
-        evaluate = lambda t, y: (terms.vf(t, y, args), None)
-        y0, solver_state0, _ = self.fused_backward_step(
-            evaluate, terms, t0, t1, y1, args, solver_state
-        )
-        return y0, solver_state0
-
     def last_evaluation(self, terms, t1, solver_state: _SolverState):
         yhat1, _ = solver_state
         return t1, yhat1
