@@ -291,7 +291,7 @@ def main(argv=None):
     parser.add_argument("--output", type=pathlib.Path, default=pathlib.Path(__file__).parent / "results")
     options = parser.parse_args(argv)
     if options.quick:
-        plan = [("mlp", ["ReversibleHeun", "AsynchronousLeapfrog"], [20, 50], True), ("sde", ["ReversibleHeun"], [10], True)]
+        plan = [("mlp", ["ReversibleHeun"], [20, 50], True), ("sde", ["ReversibleHeun"], [10], True)]
         repeats = options.repeats or 2
     else:
         plan = [

@@ -315,9 +315,26 @@ def _reversible_loop(inputs, *, static):
     return _run(inputs, static, _controller(inputs, static), init_state)
 
 
+def _is_virtual_brownian_tree(x):
+    return isinstance(x, diffrax.VirtualBrownianTree)
+
+
 @_reversible_loop.def_fwd
 def _reversible_loop_fwd(perturbed, inputs, *, static):
     tangents, t1_tangent = _initial_tangents(inputs, perturbed)
+    moves_grid = t1_tangent.shape[0] > 0 or (
+        inputs["step_to"] is not None and perturbed["step_to"].ts
+    )
+    trees = jtu.tree_leaves(inputs["terms"], is_leaf=_is_virtual_brownian_tree)
+    if moves_grid and any(_is_virtual_brownian_tree(x) for x in trees):
+        raise ValueError(
+            "Cannot differentiate an SDE solve with respect to `t0`, `t1`, `dt0` or the "
+            "step times (`StepTo(ts=...)`) when its Brownian motion is a "
+            "`diffrax.VirtualBrownianTree`: the tree is not differentiable with "
+            "respect to time (diffrax's own adjoints raise too). Gradients with respect "
+            "to `y0`, `args`, the terms and `SaveAt(ts=...)` are available; for time "
+            "gradients, use a Brownian path that is differentiable in time."
+        )
     controller, controller_state = init_recording(
         _controller(inputs, static),
         inputs["t1"],

@@ -110,7 +110,8 @@ class AsynchronousLeapfrog(AbstractReversibleSolver, diffrax.AbstractAdaptiveSol
     over a solve of length `T`, whatever the step size (`y' = −y`: harmless at
     `T = 10`, overflowing at `T = 100`). Damping (`η < 1`) makes the one-step map
     contract volume by `|1 − 2η|` and stabilises a stretch of the negative real axis
-    (`hσ ∈ (−0.22, 0)` at `η = 0.9`, `(−0.66, 0)` at `η = 0.75`), but the inverse then
+    (`hσ ∈ (−0.22, 0)` at `η = 0.9`, `(−0.66, 0)` at `η = 0.75`) while losing neutral
+    stability on the imaginary axis (oscillatory modes then grow), and the inverse
     amplifies round-off by `1/|1 − 2η|` per step, so reconstruction error grows like
     `|1 − 2η|^(−N)` over `N` steps: use it only on short solves.
 

@@ -180,7 +180,11 @@ class Reversible(AbstractReversibleSolver, diffrax.AbstractStratonovichSolver):
     `λ` every step, amplifying reconstruction round-off by about `λ^(−N)` over `N`
     steps (`λ = 0.9`, 2000 steps: a factor of about `1e91`; `λ = 0.999`, 1000 steps:
     about `2.7`). `λ = 1` is the uncoupled scheme: no amplification, but unstable on
-    any dissipative problem. A warning is raised for `λ < 0.99`.
+    any dissipative problem. A warning is raised for `λ < 0.99`. `λ^(−N)` is a bound,
+    often loose; but stability alone is not enough either: when the spurious mode
+    decays more slowly than the solution, round-off in `y_N` of relative size `ε` comes
+    back as an error of about `ε·|y_N|/|y(T)|` in the reconstructed start. Check the
+    round trip on your problem (see the "choosing a solver" notebook).
 
     **SDEs.** Stratonovich SDEs (e.g. `MultiTerm(ODETerm(...), ControlTerm(...,
     VirtualBrownianTree(...)))`) work when the base method converges to the
