@@ -243,19 +243,22 @@ def plot(rows, output):
 
     mlp = [r for r in rows if r["problem"] == "mlp"]
     fig, axes = plt.subplots(2, 3, figsize=(16, 9))
+    # Colour and marker by adjoint, line style by solver.
+    colours = {m: f"C{i}" for i, m in enumerate(SHORT)}
+    markers = dict(zip(SHORT, "osD^v"))
+    lines = {"ReversibleHeun": "-", "AsynchronousLeapfrog": "--", "Reversible(Midpoint)": ":"}
     series = sorted({(r["solver"], r["method"]) for r in mlp})
     for solver, method in series:
         rs = sorted((r for r in mlp if r["solver"] == solver and r["method"] == method), key=lambda r: r["steps"])
-        label = f"{SHORT[method]} + {solver}"
-        style = "o-" if method == "ReversibleAdjoint" else "s--"
+        style = dict(color=colours[method], marker=markers[method], linestyle=lines[solver], label=f"{SHORT[method]} + {solver}")
         steps = [r["steps"] for r in rs]
-        axes[0, 0].loglog(steps, [r["time"] * 1e3 for r in rs], style, label=label)
-        axes[0, 1].loglog(steps, [r["memory"] / 2**20 for r in rs], style, label=label)
-        axes[0, 2].semilogx(steps, [r["ratio"] for r in rs], style, label=label)
-        axes[1, 0].semilogx(steps, [r["compile_time"] for r in rs], style, label=label)
+        axes[0, 0].loglog(steps, [r["time"] * 1e3 for r in rs], **style)
+        axes[0, 1].loglog(steps, [r["memory"] / 2**20 for r in rs], **style)
+        axes[0, 2].semilogx(steps, [r["ratio"] for r in rs], **style)
+        axes[1, 0].semilogx(steps, [r["compile_time"] for r in rs], **style)
         errs = [(r["steps"], r["error"]) for r in rs if r["error"]]
         if errs:
-            axes[1, 1].loglog(*zip(*errs), style, label=label)
+            axes[1, 1].loglog(*zip(*errs), **style)
     forwards = sorted({(r["solver"], r["steps"], r["forward"]) for r in mlp})
     for solver in sorted({s for s, _, _ in forwards}):
         pts = [(n, f) for s, n, f in forwards if s == solver]
@@ -271,12 +274,13 @@ def plot(rows, output):
         ax.set_title(title)
         ax.set_xlabel("solver steps")
     axes[0, 1].legend(fontsize=7)
-    memory = [r for r in rows if r["problem"] in ("large", "sde") and r["steps"] == max(r["steps"] for r in rows)]
-    labels = [f"{r['problem']}\n{SHORT[r['method']]}\n{r['solver'][:8]}" for r in memory]
-    axes[1, 2].bar(range(len(memory)), [r["memory"] / 2**20 for r in memory])
+    last = {p: max(r["steps"] for r in rows if r["problem"] == p) for p in ("large", "sde") if any(r["problem"] == p for r in rows)}
+    memory = [r for r in rows if r["problem"] in last and r["steps"] == last[r["problem"]]]
+    labels = [f"{r['problem']}, {r['steps']}\n{SHORT[r['method']]}" for r in memory]
+    axes[1, 2].bar(range(len(memory)), [r["memory"] / 2**20 for r in memory], color=[colours[r["method"]] for r in memory])
     axes[1, 2].set_xticks(range(len(memory)), labels, fontsize=6)
     axes[1, 2].set_yscale("log")
-    axes[1, 2].set_title("temp memory (MiB), large state and neural SDE")
+    axes[1, 2].set_title("temp memory (MiB): batch 256 x 256 ODE, neural SDE")
     fig.suptitle(f"MLP neural ODE (batch 32 x 64, width 128, float32), {platform.processor() or platform.machine()}, {jax.devices()[0].device_kind}")
     fig.tight_layout()
     output.mkdir(parents=True, exist_ok=True)
@@ -289,7 +293,11 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="small step counts, few repeats")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--output", type=pathlib.Path, default=pathlib.Path(__file__).parent / "results")
+    parser.add_argument("--replot", action="store_true", help="redraw the plots from results.json")
     options = parser.parse_args(argv)
+    if options.replot:
+        plot(json.loads((options.output / "results.json").read_text())["rows"], options.output)
+        return
     if options.quick:
         plan = [("mlp", ["ReversibleHeun"], [20, 50], True), ("sde", ["ReversibleHeun"], [10], True)]
         repeats = options.repeats or 2
@@ -300,7 +308,7 @@ def main(argv=None):
             ("large", ["ReversibleHeun"], [100, 2000], False),
             ("sde", ["ReversibleHeun"], [100, 2000], True),
         ]
-        repeats = options.repeats or 5
+        repeats = options.repeats or 7
     device = jax.devices()[0]
     print(f"# Benchmark: {platform.platform()}, {jax.device_count()} x {device.device_kind}, jax {jax.__version__}, diffrax {diffrax.__version__}")
     rows = []

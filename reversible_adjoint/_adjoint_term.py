@@ -40,6 +40,20 @@ def zeros_like_inexact(tree):
     )
 
 
+def _add_or_none(a, b):
+    """Sum of two cotangents of the same structure, `None` leaves being zeros."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return jtu.tree_map(
+        lambda x, y: x if y is None else (y if x is None else x + y),
+        a,
+        b,
+        is_leaf=lambda x: x is None,
+    )
+
+
 def filter_vjp(fn, args, differentiate):
     """`eqx.filter_vjp(fn, *args)`, differentiating only the arguments whose flag in
     `differentiate` is `True` (the others are closed over, and get `None`).
@@ -122,6 +136,35 @@ class _ReplayTerm(diffrax.AbstractTerm):
         return _replay((t, y, args, self.term), value=self.value, pullback=self.pullback)
 
     def contr(self, t0, t1, **kwargs):
+        return self.term.contr(t0, t1, **kwargs)
+
+    def prod(self, vf, control):
+        return self.term.prod(vf, control)
+
+
+class _KnownControl(diffrax.AbstractTerm):
+    """`term`, with its control over the step `(t0, t1)` already known.
+
+    The control of an SDE is a Brownian increment, and querying a
+    `VirtualBrownianTree` costs as much as a vector-field evaluation, or more. A
+    backward step needs it twice, to invert the step and to differentiate it, so it is
+    queried once and handed to both. A request for any other interval (recognised by
+    the identity of the time arguments) is passed on to `term`.
+    """
+
+    term: diffrax.AbstractTerm
+    t0: Any
+    t1: Any
+    control: PyTree
+
+    def vf(self, t, y, args):
+        return self.term.vf(t, y, args)
+
+    def contr(self, t0, t1, **kwargs):
+        if not kwargs and t0 is self.t0 and t1 is self.t1:
+            return self.control
+        if not kwargs and t0 is self.t1 and t1 is self.t0:
+            return jtu.tree_map(lambda c: -c, self.control)
         return self.term.contr(t0, t1, **kwargs)
 
     def prod(self, vf, control):
@@ -212,10 +255,22 @@ class AdjointTerm(eqx.Module):
         non-differentiable leaves.
         """
         solver = self.solver
+        if isinstance(terms, diffrax.AbstractTerm):
+            control, control_pullback = filter_vjp(
+                lambda _t0, _t1, _terms: _terms.contr(_t0, _t1),
+                (t0, t1, terms),
+                (with_time, with_time, True),
+            )
+            with_control = lambda _terms, _t0, _t1, _c: _KnownControl(_terms, _t0, _t1, _c)
+        else:
+            # Several terms (e.g. `SemiImplicitEuler`'s pair): each is queried itself.
+            control = control_pullback = None
+            with_control = lambda _terms, _t0, _t1, _c: _terms
+        known = with_control(terms, t0, t1, control)
         if self._reuse is None:
             kwargs = dict(t_previous=t_previous) if solver.needs_previous_time else {}
             y0, solver_state0 = solver.backward_step(
-                terms, t0, t1, y1, args, solver_state, False, **kwargs
+                known, t0, t1, y1, args, solver_state, False, **kwargs
             )
             step_terms = lambda _terms, _args: _terms
             carry0 = None
@@ -227,7 +282,7 @@ class AdjointTerm(eqx.Module):
 
             y0, solver_state0, (value0, pullback0) = solver.fused_backward_step(
                 evaluate,
-                terms,
+                known,
                 t0,
                 t1,
                 y1,
@@ -245,9 +300,12 @@ class AdjointTerm(eqx.Module):
                 raise ValueError(f"Unknown `evaluation_reuse={self._reuse!r}`.")
             step_terms = lambda _terms, _args: _ReplayTerm(_terms, value, pullback)
 
-        def _step(_y0, _solver_state0, _t0, _t1, _args, _terms):
+        # The control is an input of the differentiated step: its cotangent goes back
+        # through `control_pullback`, once.
+        def _step(_y0, _solver_state0, _t0, _t1, _args, _terms, _control):
+            _terms = with_control(step_terms(_terms, _args), _t0, _t1, _control)
             _y1, _, _dense_info, _solver_state1, _ = solver.step(
-                step_terms(_terms, _args), _t0, _t1, _y0, _args, _solver_state0, False
+                _terms, _t0, _t1, _y0, _args, _solver_state0, False
             )
             if with_dense:
                 return _y1, _solver_state1, _dense_info
@@ -255,14 +313,29 @@ class AdjointTerm(eqx.Module):
 
         outputs, step_pullback = filter_vjp(
             _step,
-            (y0, solver_state0, t0, t1, args, terms),
-            (True, True, with_time, with_time, True, True),
+            (y0, solver_state0, t0, t1, args, terms, control),
+            (True, True, with_time, with_time, True, True, True),
         )
         dense_info = outputs[2] if with_dense else None
 
         def pullback_fn(ct_y1, ct_solver_state1, ct_dense_info=None):
             if with_dense:
-                return step_pullback((ct_y1, ct_solver_state1, ct_dense_info))
-            return step_pullback((ct_y1, ct_solver_state1))
+                cts = step_pullback((ct_y1, ct_solver_state1, ct_dense_info))
+            else:
+                cts = step_pullback((ct_y1, ct_solver_state1))
+            *cts, ct_control = cts
+            ct_y0, ct_state0, ct_t0, ct_t1, ct_args, ct_terms = cts
+            if control_pullback is None:
+                c_t0 = c_t1 = c_terms = None
+            else:
+                c_t0, c_t1, c_terms = control_pullback(ct_control)
+            return (
+                ct_y0,
+                ct_state0,
+                _add_or_none(ct_t0, c_t0),
+                _add_or_none(ct_t1, c_t1),
+                ct_args,
+                _add_or_none(ct_terms, c_terms),
+            )
 
         return y0, solver_state0, dense_info, pullback_fn, carry0
