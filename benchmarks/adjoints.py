@@ -221,10 +221,19 @@ def targets(rows):
             ("grad time / RCA store-all", "<= 0.9", ours["time"] / store_all["time"], lambda x: x <= 0.9),
             ("grad / forward time", "<= 4.3", ours["ratio"], lambda x: x <= 4.3),
             ("store-all memory / ours", ">= 20 (at 2,000)", store_all["memory"] / ours["memory"], lambda x: x >= 20 or steps != 2000),
-            ("compile time / RCA default", "<= 1", ours["compile_time"] / by["RecursiveCheckpointAdjoint"]["compile_time"], lambda x: x <= 1.0),
         ]
         for name, target, value, ok in checks:
             lines.append(f"| {steps} | {solver} | {name} | {target} | {value:.2f} | {'yes' if ok(value) else 'NO'} |")
+    # Compile time hardly depends on the number of steps, and one compile is a noisy
+    # measurement: compare the medians over all step counts.
+    for solver in ("ReversibleHeun", "AsynchronousLeapfrog"):
+        compile_times = {
+            method: np.median([r["compile_time"] for r in rows if r["problem"] == "mlp" and r["solver"] == solver and r["method"] == method])
+            for method in ("ReversibleAdjoint", "RecursiveCheckpointAdjoint")
+        }
+        if all(np.isfinite(list(compile_times.values()))):
+            ratio = compile_times["ReversibleAdjoint"] / compile_times["RecursiveCheckpointAdjoint"]
+            lines.append(f"| all | {solver} | compile time / RCA default (medians) | <= 1 | {ratio:.2f} | {'yes' if ratio <= 1 else 'NO'} |")
     # Memory flat in steps.
     for solver in ("ReversibleHeun", "AsynchronousLeapfrog"):
         mem = {r["steps"]: r["memory"] for r in rows if r["problem"] == "mlp" and r["solver"] == solver and r["method"] == "ReversibleAdjoint"}
@@ -288,15 +297,25 @@ def plot(rows, output):
     plt.close(fig)
 
 
+def report(rows):
+    for problem in dict.fromkeys(r["problem"] for r in rows):
+        print(f"\n## Problem: {problem}\n")
+        print(table([r for r in rows if r["problem"] == problem]))
+    print("\n## Targets (MLP problem)\n")
+    print(targets(rows))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small step counts, few repeats")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--output", type=pathlib.Path, default=pathlib.Path(__file__).parent / "results")
-    parser.add_argument("--replot", action="store_true", help="redraw the plots from results.json")
+    parser.add_argument("--replot", action="store_true", help="print the tables and redraw the plots from results.json")
     options = parser.parse_args(argv)
     if options.replot:
-        plot(json.loads((options.output / "results.json").read_text())["rows"], options.output)
+        rows = json.loads((options.output / "results.json").read_text())["rows"]
+        report(rows)
+        plot(rows, options.output)
         return
     if options.quick:
         plan = [("mlp", ["ReversibleHeun"], [20, 50], True), ("sde", ["ReversibleHeun"], [10], True)]
@@ -314,11 +333,7 @@ def main(argv=None):
     rows = []
     for problem, solvers, steps, timed in plan:
         rows += run(problem, solvers, steps, repeats, options.quick, timed)
-    for problem in dict.fromkeys(r["problem"] for r in rows):
-        print(f"\n## Problem: {problem}\n")
-        print(table([r for r in rows if r["problem"] == problem]))
-    print("\n## Targets (MLP problem)\n")
-    print(targets(rows))
+    report(rows)
     options.output.mkdir(parents=True, exist_ok=True)
     (options.output / "results.json").write_text(json.dumps(dict(platform=platform.platform(), device=device.device_kind, rows=rows), indent=1))
     plot(rows, options.output)
