@@ -144,3 +144,37 @@ def backward_loop_evaluations(solver):
     backward = [b for b in bodies if count_primitives(b, "cosh") > 0]
     assert len(backward) == 1
     return count_primitives(backward[0], "sinh")
+
+
+STEP_TO_INTERIOR = jnp.linspace(0.3, 1.7, 9) ** 1.2
+
+
+def solve_constant_or_step_to(inputs, solver, controller_name, adjoint, grid=STEP_TO_INTERIOR):
+    """Solves with `SaveAt(ts=..., t1=True)` and `SaveAt(steps=True)` together.
+    `inputs = (terms, y0, args, t0, t1, ts, dt0)`; `controller_name` is `"constant"`
+    (`ConstantStepSize` with `dt0`) or `"stepto"` (`StepTo` on `t0`, `grid`, `t1`)."""
+    terms, y0, args, t0, t1, ts, dt0 = inputs
+    if controller_name == "constant":
+        controller = diffrax.ConstantStepSize()
+    else:
+        controller, dt0 = diffrax.StepTo(jnp.concatenate([t0[None], grid, t1[None]])), None
+    saveat = diffrax.SaveAt(
+        subs=[diffrax.SubSaveAt(ts=ts, t1=True), diffrax.SubSaveAt(steps=True)]
+    )
+    return diffrax.diffeqsolve(
+        terms, solver, t0, t1, dt0, y0, args=args, saveat=saveat,
+        stepsize_controller=controller, adjoint=adjoint, max_steps=64,
+    )
+
+
+def check_inverse_is_step_backwards(solver):
+    """For schemes whose inverse is the scheme itself run from `t1` to `t0`: a step
+    back undoes a step forward, and `backward_step` gives the same, to round-off."""
+    term, y0, args = make_problem()
+    state0 = solver.init(term, 0.0, 0.1, y0, args)
+    y1, _, _, state1, _ = solver.step(term, 0.0, 0.1, y0, args, state0, False)
+    y_back, _, _, state_back, _ = solver.step(term, 0.1, 0.0, y1, args, state1, False)
+    y_inv, state_inv = solver.backward_step(term, 0.0, 0.1, y1, args, state1, False)
+    assert max_relative_error((y_back, state_back), (y_inv, state_inv)) < 1e-14
+    assert max_relative_error((y_inv, state_inv), (y0, state0)) < 1e-14
+    assert jtu.tree_structure(state_inv) == jtu.tree_structure(state0)

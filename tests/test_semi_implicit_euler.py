@@ -10,14 +10,21 @@ import pytest
 
 import reversible_adjoint as ra
 
-from .helpers import assert_nonzero, max_relative_error, readout, round_trip
+from .helpers import (
+    assert_nonzero,
+    max_relative_error,
+    readout,
+    round_trip,
+    solve_constant_or_step_to,
+    STEP_TO_INTERIOR,
+)
 
 
 RTOL = 1e-8
 SOLVERS = [ra.SemiImplicitEuler(), diffrax.SemiImplicitEuler()]
 SOLVER_IDS = ["ra.SemiImplicitEuler", "diffrax.SemiImplicitEuler"]
 # Interior points of a non-uniform `StepTo` grid on [0, 2].
-GRID = jnp.linspace(0.3, 1.7, 9) ** 1.2
+GRID = STEP_TO_INTERIOR
 NAMES = ["terms", "y0", "args", "t0", "t1", "ts", "dt0"]
 
 
@@ -50,20 +57,7 @@ def _inputs():
 
 
 def _solve(inputs, solver, controller_name, adjoint=diffrax.RecursiveCheckpointAdjoint(), grid=GRID):
-    """`inputs[-1]` is `dt0` for `ConstantStepSize`. For `StepTo` it is unused, and
-    `grid` is the interior of the grid, whose ends are `t0` and `t1`."""
-    terms, y0, args, t0, t1, ts, dt0 = inputs
-    if controller_name == "constant":
-        controller = diffrax.ConstantStepSize()
-    else:
-        controller, dt0 = diffrax.StepTo(jnp.concatenate([t0[None], grid, t1[None]])), None
-    saveat = diffrax.SaveAt(
-        subs=[diffrax.SubSaveAt(ts=ts, t1=True), diffrax.SubSaveAt(steps=True)]
-    )
-    return diffrax.diffeqsolve(
-        terms, solver, t0, t1, dt0, y0, args=args, saveat=saveat,
-        stepsize_controller=controller, adjoint=adjoint, max_steps=64,
-    )
+    return solve_constant_or_step_to(inputs, solver, controller_name, adjoint, grid)
 
 
 def _loss(sol):

@@ -40,7 +40,6 @@ from diffrax._heuristics import is_sde
 from jaxtyping import PyTree
 
 from .base import AbstractReversibleSolver
-from .reversible_heun import ReversibleHeun
 
 
 _SolverState = PyTree  # the auxiliary state `z`, shaped like `y`
