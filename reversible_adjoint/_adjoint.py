@@ -430,6 +430,29 @@ def _reversible_loop_bwd(residuals, grad_out, perturbed, inputs, *, static):
             a_ts = a_ts.at[index].add(ct_t)
         return a_subs[:j] + [(a_ts, a_fn)] + a_subs[j + 1 :]
 
+    def pull_back_step_saves(j, t_j1, y_j1, a_subs):
+        """`SaveAt(steps=n)`: cotangents from the value saved at the end of step `j`
+        (at `t_j1`, equal to `y_j1`), if it was saved; none for `j = -1`. Returns
+        those of `(y_j1, t_j1, args)`, and `a_subs` with those of `fn` added."""
+        c_y = _zeros_like_inexact(y_j1)
+        c_t = zero_time
+        c_args = _zeros_like_inexact(args)
+        for i, sub in enumerate(subs):
+            if sub.steps == 0:
+                continue
+            due = ((j + 1) % sub.steps == 0) & (j >= 0)
+            num_ts_saved = 0 if sub.ts is None else _count_le(sub.ts, t_j1)
+            index = sub.offset + num_ts_saved + (j + 1) // sub.steps - 1
+            ct = _mask(_index(sub.ct_ys, index), due)
+            s_t, s_y, s_args, s_fn = _save_pullback(sub.fn, t_j1, y_j1, args, ct, with_time)
+            c_y = _add(c_y, s_y)
+            c_t = c_t + _or_zero(s_t, zero_time) + jnp.where(due, sub.ct_ts[index], 0)
+            c_args = _add(c_args, s_args)
+            a_subs = add_save(a_subs, i, ct_fn=s_fn)
+        return c_y, c_t, c_args, a_subs
+
+    with_dense = any(sub.ts is not None for sub in subs)
+
     #
     # Values saved at the end of the solve (`SaveAt(t1=True)`), and cotangents of the
     # final state itself.
@@ -458,6 +481,30 @@ def _reversible_loop_bwd(residuals, grad_out, perturbed, inputs, *, static):
         a_t_final = a_t_final + jnp.where(saved, sub.ct_ts[index], 0)
         a_args_terms = (_add(a_args_terms[0], c_args), a_args_terms[1])
         a_subs = add_save(a_subs, j, ct_fn=c_fn)
+    # `SaveAt(steps=n)`: the value at the end of the last step, if it was saved.
+    c_y, c_t, c_args, a_subs = pull_back_step_saves(
+        num_accepted - 1, t_final, y_final, a_subs
+    )
+    a_y = _add(a_y, c_y)
+    a_t_final = a_t_final + c_t
+    a_args_terms = (_add(a_args_terms[0], c_args), a_args_terms[1])
+    term_carry, (c_state, c_t, c_args, c_terms) = adjoint_term.init(
+        terms,
+        rec_ts[jnp.maximum(num_accepted - 1, 0)],
+        t_final,
+        y_final,
+        args,
+        solver_state_final,
+        a_y,
+        a_state,
+        with_dense=with_dense,
+        active=num_accepted > 0,
+    )
+    if c_state is not None:  # The last step's last evaluation was settled.
+        a_state = _add(a_state, c_state)
+        a_args_terms = _add(a_args_terms, (c_args, c_terms))
+        if with_time:
+            a_t_final = a_t_final + _or_zero(c_t, zero_time)
     a_theta = jnp.zeros_like(t1_tangent)
     a_grid = None if grid is None else jnp.zeros_like(grid)
     a_time = time_ct((a_theta, a_grid), a_t_final, num_accepted)
@@ -479,8 +526,6 @@ def _reversible_loop_bwd(residuals, grad_out, perturbed, inputs, *, static):
     #
     # One iteration per accepted step, last to first.
     #
-
-    with_dense = any(sub.ts is not None for sub in subs)
 
     def snapshot(t, t_k, t_k1, dense_info, _args, fn):
         interpolation = interpolation_cls(t0=t_k, t1=t_k1, **dense_info)
@@ -532,23 +577,6 @@ def _reversible_loop_bwd(residuals, grad_out, perturbed, inputs, *, static):
         k, y1, state1, a_y, a_state, a_args_terms, a_time, a_subs, term_carry = carry
         t_k = rec_ts[k]
         t_k1 = rec_ts[k + 1]
-        a_t_k = a_t_k1 = zero_time
-
-        # `SaveAt(steps=n)`: the value at the end of this step, if it was saved.
-        for j, sub in enumerate(subs):
-            if sub.steps == 0:
-                continue
-            due = (k + 1) % sub.steps == 0
-            num_ts_saved = 0 if sub.ts is None else _count_le(sub.ts, t_k1)
-            index = sub.offset + num_ts_saved + (k + 1) // sub.steps - 1
-            ct = _mask(_index(sub.ct_ys, index), due)
-            c_t, c_y, c_args, c_fn = _save_pullback(sub.fn, t_k1, y1, args, ct, with_time)
-            a_y = _add(a_y, c_y)
-            a_t_k1 = a_t_k1 + _or_zero(c_t, zero_time)
-            a_t_k1 = a_t_k1 + jnp.where(due, sub.ct_ts[index], 0)
-            a_args_terms = (_add(a_args_terms[0], c_args), a_args_terms[1])
-            a_subs = add_save(a_subs, j, ct_fn=c_fn)
-
         t_previous = rec_ts[jnp.maximum(k - 1, 0)]
         y0, state0, dense_info, pullback, term_carry = adjoint_term(
             terms,
@@ -561,16 +589,21 @@ def _reversible_loop_bwd(residuals, grad_out, perturbed, inputs, *, static):
             with_dense=with_dense,
             with_time=with_time,
             t_previous=t_previous,
+            is_first=k == 0,
         )
+        # The value at the end of the previous step (`SaveAt(steps=n)`), if saved.
+        c_y0, a_t_k, c_args, a_subs = pull_back_step_saves(k - 1, t_k, y0, a_subs)
+        a_args_terms = (_add(a_args_terms[0], c_args), a_args_terms[1])
+        a_t_k1 = zero_time
         if with_dense:
             ct_dense, s_t_k, s_t_k1, a_args_terms, a_subs = pull_back_snapshots(
                 k, t_k, t_k1, dense_info, a_args_terms, a_subs
             )
             a_t_k = a_t_k + s_t_k
             a_t_k1 = a_t_k1 + s_t_k1
-            cts = pullback(a_y, a_state, ct_dense)
+            cts = pullback(a_y, a_state, ct_dense, c_y0)
         else:
-            cts = pullback(a_y, a_state)
+            cts = pullback(a_y, a_state, None, c_y0)
         ct_y0, ct_state0, ct_t0, ct_t1, ct_args, ct_terms = cts
         a_t_k = a_t_k + _or_zero(ct_t0, zero_time)
         a_t_k1 = a_t_k1 + _or_zero(ct_t1, zero_time)
@@ -580,7 +613,6 @@ def _reversible_loop_bwd(residuals, grad_out, perturbed, inputs, *, static):
         a_state = _materialise(ct_state0, state0)
         return k - 1, y0, state0, a_y, a_state, a_args_terms, a_time, a_subs, term_carry
 
-    term_carry = adjoint_term.init(terms, t_final, y_final, args, solver_state_final)
     carry = (
         num_accepted - 1,
         y_final,

@@ -15,6 +15,14 @@ linearisation is used in the same backward step; for reversible Heun it is carri
 the next (earlier) one, because the inverse of step k evaluates where step k-1 did.
 Either way a backward step costs one linearisation and one transpose.
 
+Carrying a linearisation from one iteration to the next costs a copy of its residuals
+per step. Reversible Heun avoids it when the backward pass needs no dense output and the
+control is cheap to query again (no Brownian motion): the steps' outputs are affine in
+their last evaluation, so once backward step k has the cotangents of step k-1's outputs
+it computes the cotangent of that evaluation, and applies the transpose of the
+linearisation it has just made, in the same iteration ("settling" step k-1's
+evaluation). Step k-1 is then differentiated with that evaluation held constant.
+
 A linearisation is carried across iterations of the backward `lax.while_loop` as the
 array leaves of its `jax.vjp` pullback; each iteration rebuilds the callable from those
 leaves and the structure it has just traced, which is identical because it is the same
@@ -26,6 +34,7 @@ from typing import Any
 import equinox as eqx
 import jax.numpy as jnp
 import jax.tree_util as jtu
+from diffrax._heuristics import is_sde
 from jaxtyping import PyTree
 
 import diffrax
@@ -74,6 +83,18 @@ def filter_vjp(fn, args, differentiate):
         return tuple(next(cts) if flag else None for flag in differentiate)
 
     return out, pullback_all
+
+
+def _zeros_for_none(ct, like):
+    """`ct`, with zeros for its `None` leaves at inexact leaves of `like`."""
+    if ct is None:
+        return zeros_like_inexact(like)
+    return jtu.tree_map(
+        lambda c, x: jnp.zeros_like(x) if c is None and eqx.is_inexact_array(x) else c,
+        ct,
+        like,
+        is_leaf=lambda x: x is None,
+    )
 
 
 def _linearise(terms, t, y, args):
@@ -126,13 +147,16 @@ def _replay_bwd(residuals, grad_value, perturbed, t__y__args__terms, *, value, p
 
 class _ReplayTerm(diffrax.AbstractTerm):
     """A term whose vector field returns a stored value, and whose vector-field
-    cotangents go through a stored linearisation (made at the same point)."""
+    cotangents go through a stored linearisation (made at the same point), or nowhere
+    if `pullback` is `None`."""
 
     term: diffrax.AbstractTerm
     value: PyTree
     pullback: Any
 
     def vf(self, t, y, args):
+        if self.pullback is None:
+            return self.value
         return _replay((t, y, args, self.term), value=self.value, pullback=self.pullback)
 
     def contr(self, t0, t1, **kwargs):
@@ -199,24 +223,87 @@ class AdjointTerm(eqx.Module):
     def _reuse(self):
         return self.solver.evaluation_reuse
 
-    def init(self, terms, t1, y1, args, solver_state) -> PyTree:
-        """The carry for the first backward step (the last step of the solve).
+    def _settles(self, terms, with_dense: bool) -> bool:
+        """Whether each backward step settles the previous step's last evaluation
+        (see the module docstring) instead of carrying its linearisation."""
+        return self._reuse == "previous_step" and not with_dense and not is_sde(terms)
+
+    def _settle(self, terms, t0, t1, y1, args, solver_state, ct_y1, ct_state1, linearisation, active):
+        """Pulls the cotangents `(ct_y1, ct_state1)` of the outputs of a step from `t0`
+        to `t1` back through that step's last evaluation, whose value and pullback are
+        `linearisation`; `active=False` masks it out. The step's outputs are affine in
+        that evaluation, so its cotangent does not depend on the step's inputs, and the
+        outputs `(y1, solver_state)` stand in for them.
+
+        Returns the cotangents of `(solver_state, t1, args, terms)` it contributes.
+        """
+        solver = self.solver
+        value, pullback = linearisation
+
+        def outputs(_value):
+            _y1, _, _, _state1, _ = solver.step(
+                _ReplayTerm(terms, _value, None), t0, t1, y1, args, solver_state, False
+            )
+            return _y1, _state1
+
+        _, value_pullback = eqx.filter_vjp(outputs, value)
+        (ct_value,) = value_pullback((ct_y1, ct_state1))
+        ct_value = jtu.tree_map(lambda c: jnp.where(active, c, jnp.zeros_like(c)), ct_value)
+        ct_t, ct_y, ct_args, ct_terms = pullback(ct_value)
+        _, point_pullback = filter_vjp(
+            lambda _t1, _state: solver.last_evaluation(terms, _t1, _state),
+            (t1, solver_state),
+            (True, True),
+        )
+        ct_t1, ct_state = point_pullback((ct_t, ct_y))
+        return ct_state, ct_t1, ct_args, ct_terms
+
+    def init(
+        self,
+        terms,
+        t0,
+        t1,
+        y1,
+        args,
+        solver_state,
+        ct_y1,
+        ct_solver_state,
+        *,
+        with_dense: bool,
+        active,
+    ) -> tuple[PyTree, tuple]:
+        """Prepares the first backward step, which undoes the last step of the solve.
 
         **Arguments:**
 
         - `terms`, `args`: as passed to the solver.
-        - `t1`, `y1`, `solver_state`: the end of the solve.
+        - `t0`, `t1`: the start and end times of the last step.
+        - `y1`, `solver_state`: the end of the solve.
+        - `ct_y1`, `ct_solver_state`: their cotangents (zeros, not `None`, at inexact
+            leaves).
+        - `with_dense`: as for `__call__`.
+        - `active`: whether there is a last step at all (`False` for a solve with no
+            steps).
 
         **Returns:**
 
-        A PyTree of arrays, threaded through `__call__`.
+        A pair `(carry, cts)`: `carry` (a PyTree of arrays) is threaded through
+        `__call__`, and `cts = (ct_solver_state, ct_t1, ct_args, ct_terms)` are
+        cotangents of the end of the solve and of the inputs, to be added to the
+        others (`None` where there are none).
         """
-        del y1
-        if self._reuse == "previous_step":
-            t, y = self.solver.last_evaluation(terms, t1, solver_state)
-            value, pullback = _linearise(terms, t, y, args)
-            return value, _residuals(pullback, (args, terms))
-        return None
+        none = (None, None, None, None)
+        if self._reuse != "previous_step":
+            return None, none
+        t, y = self.solver.last_evaluation(terms, t1, solver_state)
+        value, pullback = _linearise(terms, t, y, args)
+        if not self._settles(terms, with_dense):
+            return (value, _residuals(pullback, (args, terms))), none
+        cts = self._settle(
+            terms, t0, t1, y1, args, solver_state, ct_y1, ct_solver_state,
+            (value, pullback), active,
+        )
+        return value, cts
 
     def __call__(
         self,
@@ -231,6 +318,7 @@ class AdjointTerm(eqx.Module):
         with_dense: bool,
         with_time: bool,
         t_previous,
+        is_first,
     ):
         """Undoes one step.
 
@@ -243,16 +331,18 @@ class AdjointTerm(eqx.Module):
         - `with_dense`: whether the pullback takes a cotangent for the dense output.
         - `with_time`: whether to differentiate with respect to `t0` and `t1` (if not,
             their cotangents are `None`).
-        - `t_previous`: the start time of the previous step (`t0` for the first step),
-            for solvers with `needs_previous_time`.
+        - `t_previous`: the start time of the previous step (`t0` for the first step).
+        - `is_first`: whether this is the first step of the solve.
 
         **Returns:**
 
         A 5-tuple `(y0, solver_state0, dense_info, pullback, carry0)`. `pullback` maps
-        `(ct_y1, ct_solver_state1, ct_dense_info)` (each zero or an array for every
-        inexact leaf; `ct_dense_info` only when `with_dense`) to
+        `(ct_y1, ct_solver_state1, ct_dense_info, ct_y0)` to
         `(ct_y0, ct_solver_state0, ct_t0, ct_t1, ct_args, ct_terms)`, with `None` for
-        non-differentiable leaves.
+        non-differentiable leaves. Its arguments are zero or an array for every
+        inexact leaf; `ct_dense_info` is only passed when `with_dense`; `ct_y0` is a
+        cotangent of `y0` from elsewhere (a value saved there), included in the
+        returned `ct_y0`.
         """
         solver = self.solver
         if isinstance(terms, diffrax.AbstractTerm):
@@ -267,6 +357,7 @@ class AdjointTerm(eqx.Module):
             control = control_pullback = None
             with_control = lambda _terms, _t0, _t1, _c: _terms
         known = with_control(terms, t0, t1, control)
+        settles = self._settles(terms, with_dense)
         if self._reuse is None:
             kwargs = dict(t_previous=t_previous) if solver.needs_previous_time else {}
             y0, solver_state0 = solver.backward_step(
@@ -292,6 +383,10 @@ class AdjointTerm(eqx.Module):
             if self._reuse == "same_step":
                 value, pullback = value0, pullback0
                 carry0 = None
+            elif self._reuse == "previous_step" and settles:
+                # This step's evaluation was settled by the previous backward step.
+                value, pullback = carry, None
+                carry0 = value0
             elif self._reuse == "previous_step":
                 value, residuals = carry
                 pullback = _with_residuals(pullback0, residuals)
@@ -318,24 +413,30 @@ class AdjointTerm(eqx.Module):
         )
         dense_info = outputs[2] if with_dense else None
 
-        def pullback_fn(ct_y1, ct_solver_state1, ct_dense_info=None):
+        def pullback_fn(ct_y1, ct_solver_state1, ct_dense_info=None, ct_y0=None):
             if with_dense:
                 cts = step_pullback((ct_y1, ct_solver_state1, ct_dense_info))
             else:
                 cts = step_pullback((ct_y1, ct_solver_state1))
             *cts, ct_control = cts
-            ct_y0, ct_state0, ct_t0, ct_t1, ct_args, ct_terms = cts
-            if control_pullback is None:
-                c_t0 = c_t1 = c_terms = None
-            else:
+            ct_y0_step, ct_state0, ct_t0, ct_t1, ct_args, ct_terms = cts
+            ct_y0 = _add_or_none(ct_y0_step, ct_y0)
+            if control_pullback is not None:
                 c_t0, c_t1, c_terms = control_pullback(ct_control)
-            return (
-                ct_y0,
-                ct_state0,
-                _add_or_none(ct_t0, c_t0),
-                _add_or_none(ct_t1, c_t1),
-                ct_args,
-                _add_or_none(ct_terms, c_terms),
-            )
+                ct_t0 = _add_or_none(ct_t0, c_t0)
+                ct_t1 = _add_or_none(ct_t1, c_t1)
+                ct_terms = _add_or_none(ct_terms, c_terms)
+            if settles:
+                # Settle the previous step's last evaluation, made at `(t0, ...)`.
+                s_state0, s_t0, s_args, s_terms = self._settle(
+                    terms, t_previous, t0, y0, args, solver_state0,
+                    _zeros_for_none(ct_y0, y0), _zeros_for_none(ct_state0, solver_state0),
+                    (value0, pullback0), ~is_first,
+                )
+                ct_state0 = _add_or_none(ct_state0, s_state0)
+                ct_t0 = _add_or_none(ct_t0, s_t0 if with_time else None)
+                ct_args = _add_or_none(ct_args, s_args)
+                ct_terms = _add_or_none(ct_terms, s_terms)
+            return ct_y0, ct_state0, ct_t0, ct_t1, ct_args, ct_terms
 
         return y0, solver_state0, dense_info, pullback_fn, carry0

@@ -82,19 +82,28 @@ def _check(controller_name, saveat_fn, solver=SOLVERS[0], inputs=None):
 
 
 # diffrax's own instance runs the same forward pass; it is checked on constant steps
-# (and with adaptive steps in test_sde.py and test_transforms.py).
+# (and with adaptive steps in test_sde.py and test_transforms.py). Reversible Heun's
+# backward pass has two forms: with `SaveAt(ts=...)` it carries each linearisation to
+# the next backward step, without it each backward step settles the previous step's
+# evaluation itself (see `_adjoint_term.py`).
+@pytest.mark.parametrize("saveat_name", ["ts", "steps"])
 @pytest.mark.parametrize(
     "solver, controller_name",
     [(SOLVERS[0], name) for name in ("constant", "pid", "step_ts", "stepto")]
     + [(SOLVERS[1], "constant")],
     ids=lambda x: x if isinstance(x, str) else type(x).__module__.split(".")[0],
 )
-def test_all_inputs(solver, controller_name):
-    saveat_fn = lambda ts: diffrax.SaveAt(ts=ts, t1=True)
+def test_all_inputs(solver, controller_name, saveat_name):
+    if saveat_name == "ts":
+        saveat_fn = lambda ts: diffrax.SaveAt(ts=ts, t1=True)
+    else:
+        saveat_fn = lambda ts: diffrax.SaveAt(steps=3, t1=True)
     got, want = _check(controller_name, saveat_fn, solver)
     term, y0, args, t0, t1, ts, dt0 = want
     # Every input matters here; a zero reference would make the comparison vacuous.
-    assert_nonzero((term, y0, args, t1, ts))
+    assert_nonzero((term, y0, args, t1))
+    if saveat_name == "ts":
+        assert_nonzero(ts)
     if controller_name != "stepto":
         assert_nonzero(t0)
     if controller_name in ("constant", "pid"):

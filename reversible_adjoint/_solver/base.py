@@ -37,7 +37,11 @@ class AbstractReversibleSolver(diffrax.AbstractSolver):
         inverts evaluated (asynchronous leapfrog).
     - `evaluation_reuse = "previous_step"`: `backward_step` evaluates where the
         previous `step` evaluated (reversible Heun). Such a solver also implements
-        `last_evaluation`, which reads that point off a step's output state.
+        `last_evaluation`, which reads that point off a step's output state, and its
+        `step`'s outputs must be affine in the step's evaluation, with coefficients
+        that depend only on the times and the control (as `y0 + ½(v0 + v1)·Δ` is
+        in `v1`): the backward pass then pulls cotangents back through that
+        evaluation before it has rebuilt the step's inputs.
     - `evaluation_reuse = None` (default): no reuse; the backward pass inverts the
         step, then differentiates `step` as written.
 
