@@ -319,7 +319,7 @@ def main(argv=None):
         plot(rows, options.output)
         return
     if options.quick:
-        plan = [("mlp", ["ReversibleHeun"], [20, 50], True), ("sde", ["ReversibleHeun"], [10], True)]
+        plan = [("mlp", ["ReversibleHeun"], [20], True), ("sde", ["ReversibleHeun"], [10], True)]
         repeats = options.repeats or 2
     else:
         plan = [

@@ -7,16 +7,18 @@ solver state, and that record. Nothing that grows with the number of steps is ke
 apart from `max_steps + 1` times (and their tangents).
 
 Backward: one `lax.while_loop` over the accepted steps, last to first. Each iteration
-1. pulls back the `SaveAt(steps=...)` value saved at the step's end (if any);
-2. calls the solver's `AdjointTerm`: reconstruct the step's inputs with the exact
+1. calls the solver's `AdjointTerm`: reconstruct the step's inputs with the exact
    inverse, and get the step's pullback;
+2. pulls back the `SaveAt(steps=...)` value saved at the step's start, i.e. at the end
+   of the previous step (if any), which needs the reconstructed `y0`;
 3. pulls back every `SaveAt(ts=...)` value inside the step through the solver's dense
    interpolation, which yields the cotangent of the dense output and of each save time
    (emitted into the `ts` cotangent here, once, as the loop crosses that step);
 4. applies the step's pullback, accumulates the parameter cotangents, and turns the
    cotangents of the step's two times into cotangents of the time inputs through the
    recorded tangents.
-Values saved at `t0` and `t1` are pulled back before and after the loop. What does not
+Values saved at `t0` and at the end (`t1`, and the last step's `steps` value) are pulled
+back after and before the loop. What does not
 depend on the loop (`solver.init`, `stepsize_controller.init`, the time direction, ...)
 is outside this custom VJP, so JAX differentiates it as usual.
 
@@ -500,17 +502,23 @@ def _reversible_loop_bwd(residuals, grad_out, perturbed, inputs, *, static):
         with_dense=with_dense,
         active=num_accepted > 0,
     )
+    # The end of the last step as the step used it; `a_t_final` is the cotangent of
+    # the final time as the loop saved it (clipped to `t1`). See `_step_record.py`.
+    a_t_step_end = zero_time
     if c_state is not None:  # The last step's last evaluation was settled.
         a_state = _add(a_state, c_state)
         a_args_terms = _add(a_args_terms, (c_args, c_terms))
         if with_time:
-            a_t_final = a_t_final + _or_zero(c_t, zero_time)
+            a_t_step_end = _or_zero(c_t, zero_time)
     a_theta = jnp.zeros_like(t1_tangent)
     a_grid = None if grid is None else jnp.zeros_like(grid)
-    a_time = time_ct((a_theta, a_grid), a_t_final, num_accepted)
-    if final_tangents is not None:
+    a_time = time_ct((a_theta, a_grid), a_t_step_end, num_accepted)
+    if final_tangents is None:
+        a_time = time_ct(a_time, a_t_final, num_accepted)
+    else:
         a_theta, a_grid = a_time
-        _, tnext_tangent, dynamic_tangents = final_tangents
+        tprev_tangent, tnext_tangent, dynamic_tangents = final_tangents
+        a_theta = a_theta + a_t_final * tprev_tangent
         a_theta = a_theta + _or_zero(grad_state.tnext, zero_time) * tnext_tangent
         ct_controller = _materialise(
             grad_state.controller_state, inputs["controller_state"]

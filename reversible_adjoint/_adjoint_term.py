@@ -11,9 +11,10 @@ evaluation is made through `jax.vjp`, which returns the value *and* the linearis
 The value reconstructs the step; the linearisation is handed to `step` when it is
 differentiated, through a `_ReplayTerm` whose `vf` returns the stored value and pulls
 cotangents back through the stored linearisation. For asynchronous leapfrog the
-linearisation is used in the same backward step; for reversible Heun it is carried to
-the next (earlier) one, because the inverse of step k evaluates where step k-1 did.
-Either way a backward step costs one linearisation and one transpose.
+linearisation is used in the same backward step. For reversible Heun the inverse of
+step k evaluates where step k-1 did, so the linearisation serves step k-1: it is either
+carried to the next (earlier) backward step, or used at once, as below. Either way a
+backward step costs one linearisation and one transpose.
 
 Carrying a linearisation from one iteration to the next costs a copy of its residuals
 per step. Reversible Heun avoids it when the backward pass needs no dense output and the

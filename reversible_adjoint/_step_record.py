@@ -24,7 +24,11 @@ recorded.
 
 The loop clips `tprev` and `tnext` to `t1` after each controller call. The wrapper
 applies the same clip itself, so the tangents include it; the loop's own clip is then
-the identity.
+the identity. The recorded tangent of an accepted time is that of the step's end as
+the step used it, before the clip: the two differ only when the last step ends exactly
+at `t1` without having been clipped there (a first step with `t0 + dt0 == t1`), and
+then the final time saved by the loop, which is clipped, takes the tangent of the
+final `tprev` instead.
 """
 
 import equinox as eqx
@@ -98,13 +102,15 @@ class RecordingController(diffrax.AbstractStepSizeController):
                     eqx.combine(dynamic, inner_static),
                 )
             )
+            # The end of an accepted step, as the step itself used it.
+            step_end = next_tprev
             # Exactly the clip diffrax's loop applies after this call.
             next_tprev = jnp.minimum(next_tprev, loop_t1)
             next_tnext = _clip_to_end(
                 next_tprev, next_tnext, loop_t1, self.t1_clip_floor, keep
             )
             next_dynamic, next_static = _split(inner)
-            return (next_tprev, next_tnext, next_dynamic), (
+            return (next_tprev, next_tnext, next_dynamic, step_end), (
                 keep,
                 made_jump,
                 next_static,
@@ -112,7 +118,7 @@ class RecordingController(diffrax.AbstractStepSizeController):
             )
 
         primals = (t0, t1, inner_dynamic, self.t1)
-        (next_tprev, next_tnext, next_dynamic), aux = time_map(*primals)
+        (next_tprev, next_tnext, next_dynamic, _), aux = time_map(*primals)
         keep, made_jump, next_static, result = aux
         if made_jump is not False:
             raise NotImplementedError(
@@ -127,7 +133,8 @@ class RecordingController(diffrax.AbstractStepSizeController):
         tangents = controller_state.time_tangents
         if tangents is not None:
             _, linear = jax.linearize(lambda *p: time_map(*p)[0], *primals)
-            tangents = jax.vmap(linear)(*tangents, self.t1_tangent)
+            *tangents, step_end_tangent = jax.vmap(linear)(*tangents, self.t1_tangent)
+            tangents = tuple(tangents)
 
         record = controller_state.record
         index = record.num_accepted + 1
@@ -136,7 +143,7 @@ class RecordingController(diffrax.AbstractStepSizeController):
         if tangents is None:
             record_tangents = record.tangents
         else:
-            new_tangent = jnp.where(keep, tangents[0], record.tangents[index])
+            new_tangent = jnp.where(keep, step_end_tangent, record.tangents[index])
             record_tangents = record.tangents.at[index].set(new_tangent)
         num_accepted = record.num_accepted + jnp.where(keep, 1, 0)
         record = StepRecord(ts, record_tangents, num_accepted)

@@ -110,6 +110,36 @@ def test_all_inputs(solver, controller_name, saveat_name):
         assert_nonzero(dt0)
 
 
+@pytest.mark.parametrize(
+    "controller_name, saveat_name", [("constant", "ts"), ("constant", "steps"), ("stepto", "steps")]
+)
+def test_one_step_ending_exactly_at_t1(controller_name, saveat_name):
+    """One step whose end equals `t1` exactly without being clipped there (`dt0 = t1 -
+    t0`, or `StepTo([t0, t1])`): the step's end and the saved final time are equal but
+    depend on the inputs differently at that tie, and each must get its own
+    derivative, as in diffrax."""
+    term, y0, args, t0, t1, ts, _ = _inputs()
+    t1 = jnp.array(0.5)
+    inputs = (term, y0, args, t0, t1, ts * 0.25, t1 - t0)
+    saveat = SAVEATS["ts"] if saveat_name == "ts" else SAVEATS["steps_t0_t1"]
+    if controller_name == "stepto":
+        def solve(inputs, adjoint):
+            term, y0, args, t0, t1, ts, _ = inputs
+            return diffrax.diffeqsolve(
+                term, SOLVERS[0], t0, t1, None, y0, args=args, saveat=saveat(ts),
+                stepsize_controller=diffrax.StepTo(jnp.stack([t0, t1])), adjoint=adjoint,
+            )
+    else:
+        solve = lambda inputs, adjoint: _solve(inputs, adjoint, SOLVERS[0], "constant", saveat)
+    grad = lambda adjoint: eqx.filter_jit(eqx.filter_grad(
+        lambda inputs: readout(solve(inputs, adjoint).ys) + 0.3 * readout(solve(inputs, adjoint).ts)
+    ))(inputs)
+    want = grad(diffrax.RecursiveCheckpointAdjoint())
+    got = grad(ra.ReversibleAdjoint())
+    assert max_relative_error(got, want) < RTOL
+    assert_nonzero((want[3], want[4]))
+
+
 def test_pid_has_rejected_steps():
     inputs = _inputs(0.3)
     sol = _solve(inputs, ra.ReversibleAdjoint(), SOLVERS[0], "pid", lambda ts: diffrax.SaveAt(t1=True))

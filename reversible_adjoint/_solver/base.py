@@ -37,11 +37,13 @@ class AbstractReversibleSolver(diffrax.AbstractSolver):
         inverts evaluated (asynchronous leapfrog).
     - `evaluation_reuse = "previous_step"`: `backward_step` evaluates where the
         previous `step` evaluated (reversible Heun). Such a solver also implements
-        `last_evaluation`, which reads that point off a step's output state, and its
-        `step`'s outputs must be affine in the step's evaluation, with coefficients
-        that depend only on the times and the control (as `y0 + ½(v0 + v1)·Δ` is
-        in `v1`): the backward pass then pulls cotangents back through that
-        evaluation before it has rebuilt the step's inputs.
+        `last_evaluation`, which reads that point off a step's output state. Its
+        `step`'s outputs (`y1`, solver state) must be affine in the step's
+        evaluation, through `terms.prod` and with coefficients that do not depend on
+        `y0` or the input solver state (they may depend on the times, the control and
+        `args`), as `y1 = y0 + ½(v0 + v1)·Δ` is in `v1`: the backward pass pulls
+        cotangents back through that evaluation before it has rebuilt the step's
+        inputs. This is not checked; a step that breaks it gets wrong gradients.
     - `evaluation_reuse = None` (default): no reuse; the backward pass inverts the
         step, then differentiates `step` as written.
 
