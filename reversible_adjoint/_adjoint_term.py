@@ -17,9 +17,9 @@ carried to the next (earlier) backward step, or used at once, as below. Either w
 backward step costs one linearisation and one transpose.
 
 Carrying a linearisation from one iteration to the next costs a copy of its residuals
-per step. Reversible Heun avoids it when the backward pass needs no dense output and the
-control is cheap to query again (no Brownian motion): the steps' outputs are affine in
-their last evaluation, so once backward step k has the cotangents of step k-1's outputs
+per step. Reversible Heun (`affine_in_evaluation`) avoids it when the backward pass
+needs no dense output and the control is cheap to query again (no Brownian motion): the
+steps' outputs are affine in their last evaluation, so once backward step k has the cotangents of step k-1's outputs
 it computes the cotangent of that evaluation, and applies the transpose of the
 linearisation it has just made, in the same iteration ("settling" step k-1's
 evaluation). Step k-1 is then differentiated with that evaluation held constant.
@@ -227,7 +227,12 @@ class AdjointTerm(eqx.Module):
     def _settles(self, terms, with_dense: bool) -> bool:
         """Whether each backward step settles the previous step's last evaluation
         (see the module docstring) instead of carrying its linearisation."""
-        return self._reuse == "previous_step" and not with_dense and not is_sde(terms)
+        return (
+            self._reuse == "previous_step"
+            and self.solver.affine_in_evaluation
+            and not with_dense
+            and not is_sde(terms)
+        )
 
     def _settle(self, terms, t0, t1, y1, args, solver_state, ct_y1, ct_state1, linearisation, active):
         """Pulls the cotangents `(ct_y1, ct_state1)` of the outputs of a step from `t0`

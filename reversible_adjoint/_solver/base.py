@@ -37,21 +37,28 @@ class AbstractReversibleSolver(diffrax.AbstractSolver):
         inverts evaluated (asynchronous leapfrog).
     - `evaluation_reuse = "previous_step"`: `backward_step` evaluates where the
         previous `step` evaluated (reversible Heun). Such a solver also implements
-        `last_evaluation`, which reads that point off a step's output state. Its
-        `step`'s outputs (`y1`, solver state) must be affine in the step's
-        evaluation, through `terms.prod` and with coefficients that do not depend on
-        `y0` or the input solver state (they may depend on the times, the control and
-        `args`), as `y1 = y0 + ½(v0 + v1)·Δ` is in `v1`: the backward pass pulls
-        cotangents back through that evaluation before it has rebuilt the step's
-        inputs. This is not checked; a step that breaks it gets wrong gradients.
+        `last_evaluation`, which reads that point off a step's output state. The
+        backward pass carries each linearisation to the next backward step, unless
+        the solver also sets `affine_in_evaluation = True` (below).
     - `evaluation_reuse = None` (default): no reuse; the backward pass inverts the
         step, then differentiates `step` as written.
 
     In both fused cases `step` must evaluate the vector field exactly once (through
     `terms.vf`) when `made_jump=False`.
+
+    A `"previous_step"` solver may also set `affine_in_evaluation = True` if its
+    `step`'s outputs (`y1`, solver state) are affine in the step's evaluation, through
+    `terms.prod` and with coefficients that do not depend on `y0` or the input solver
+    state (they may depend on the times, the control and `args`), as
+    `y1 = y0 + ½(v0 + v1)·Δ` is in `v1`. The backward pass then pulls cotangents back
+    through each evaluation as soon as it has linearised there, instead of carrying the
+    linearisation to the next backward step (when there is no `SaveAt(ts=...)` and no
+    Brownian motion). This is not checked: a step that is not affine in its evaluation
+    must leave it `False`.
     """
 
     evaluation_reuse: ClassVar[Literal["same_step", "previous_step"] | None] = None
+    affine_in_evaluation: ClassVar[bool] = False
 
     # Multistep solvers whose state holds the start time of the previous step (as
     # diffrax's `LeapfrogMidpoint` does) cannot recover that time from the state: the

@@ -81,6 +81,7 @@ class ReversibleHeun(
         diffrax.LocalLinearInterpolation
     )
     evaluation_reuse: ClassVar = "previous_step"
+    affine_in_evaluation: ClassVar = True
 
     def order(self, terms):
         return 2
