@@ -19,10 +19,11 @@ backward step costs one linearisation and one transpose.
 Carrying a linearisation from one iteration to the next costs a copy of its residuals
 per step. Reversible Heun (`affine_in_evaluation`) avoids it when the backward pass
 needs no dense output and the control is cheap to query again (no Brownian motion): the
-steps' outputs are affine in their last evaluation, so once backward step k has the cotangents of step k-1's outputs
-it computes the cotangent of that evaluation, and applies the transpose of the
-linearisation it has just made, in the same iteration ("settling" step k-1's
-evaluation). Step k-1 is then differentiated with that evaluation held constant.
+steps' outputs are affine in their last evaluation, so once backward step k has the
+cotangents of step k-1's outputs it computes the cotangent of that evaluation, and
+applies the transpose of the linearisation it has just made, in the same iteration
+("settling" step k-1's evaluation). Step k-1 is then differentiated with that
+evaluation held constant.
 
 A linearisation is carried across iterations of the backward `lax.while_loop` as the
 array leaves of its `jax.vjp` pullback; each iteration rebuilds the callable from those
@@ -234,7 +235,9 @@ class AdjointTerm(eqx.Module):
             and not is_sde(terms)
         )
 
-    def _settle(self, terms, t0, t1, y1, args, solver_state, ct_y1, ct_state1, linearisation, active):
+    def _settle(
+        self, terms, t0, t1, y1, args, solver_state, ct_y1, ct_state1, linearisation, active
+    ):
         """Pulls the cotangents `(ct_y1, ct_state1)` of the outputs of a step from `t0`
         to `t1` back through that step's last evaluation, whose value and pullback are
         `linearisation`; `active=False` masks it out. The step's outputs are affine in
@@ -437,7 +440,7 @@ class AdjointTerm(eqx.Module):
                 s_state0, s_t0, s_args, s_terms = self._settle(
                     terms, t_previous, t0, y0, args, solver_state0,
                     _zeros_for_none(ct_y0, y0), _zeros_for_none(ct_state0, solver_state0),
-                    (value0, pullback0), ~is_first,
+                    (value0, pullback0), jnp.logical_not(is_first),
                 )
                 ct_state0 = _add_or_none(ct_state0, s_state0)
                 ct_t0 = _add_or_none(ct_t0, s_t0 if with_time else None)
