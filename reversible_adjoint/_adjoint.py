@@ -45,7 +45,12 @@ from diffrax._heuristics import is_sde, is_unsafe_sde
 from diffrax._integrate import SaveState
 from diffrax._saveat import save_y
 
-from ._adjoint_term import AdjointTerm, filter_vjp, zeros_like_inexact as _zeros_like_inexact
+from ._adjoint_term import (
+    AdjointTerm,
+    filter_vjp,
+    materialise as _materialise,
+    zeros_like_inexact as _zeros_like_inexact,
+)
 from ._solver.base import AbstractReversibleSolver
 from ._solver.leapfrog_midpoint import LeapfrogMidpoint
 from ._solver.reversible_heun import ReversibleHeun
@@ -97,22 +102,6 @@ def _as_reversible(solver) -> AbstractReversibleSolver:
             "other solvers use `adjoint=diffrax.RecursiveCheckpointAdjoint()`."
         )
     return reversible()
-
-
-def _materialise(ct, like):
-    """The cotangent `ct` of `like`, with zeros for symbolic zeros (`None`) at inexact
-    leaves of `like`, and `None` at its other leaves."""
-    if ct is None:
-        return _zeros_like_inexact(like)
-
-    def _fn(x, c):
-        if not eqx.is_inexact_array(x):
-            return None
-        if c is None:
-            return jnp.zeros_like(x)
-        return jnp.asarray(c, dtype=x.dtype)
-
-    return jtu.tree_map(_fn, like, ct, is_leaf=_is_none)
 
 
 def _add(a, b):

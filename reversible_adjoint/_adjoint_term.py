@@ -87,16 +87,20 @@ def filter_vjp(fn, args, differentiate):
     return out, pullback_all
 
 
-def _zeros_for_none(ct, like):
-    """`ct`, with zeros for its `None` leaves at inexact leaves of `like`."""
+def materialise(ct, like):
+    """The cotangent `ct` of `like`, with zeros for symbolic zeros (`None`) at inexact
+    leaves of `like`, and `None` at its other leaves."""
     if ct is None:
         return zeros_like_inexact(like)
-    return jtu.tree_map(
-        lambda c, x: jnp.zeros_like(x) if c is None and eqx.is_inexact_array(x) else c,
-        ct,
-        like,
-        is_leaf=lambda x: x is None,
-    )
+
+    def _fn(x, c):
+        if not eqx.is_inexact_array(x):
+            return None
+        if c is None:
+            return jnp.zeros_like(x)
+        return jnp.asarray(c, dtype=x.dtype)
+
+    return jtu.tree_map(_fn, like, ct, is_leaf=lambda x: x is None)
 
 
 def _linearise(terms, t, y, args):
@@ -439,7 +443,7 @@ class AdjointTerm(eqx.Module):
                 # Settle the previous step's last evaluation, made at `(t0, ...)`.
                 s_state0, s_t0, s_args, s_terms = self._settle(
                     terms, t_previous, t0, y0, args, solver_state0,
-                    _zeros_for_none(ct_y0, y0), _zeros_for_none(ct_state0, solver_state0),
+                    materialise(ct_y0, y0), materialise(ct_state0, solver_state0),
                     (value0, pullback0), jnp.logical_not(is_first),
                 )
                 ct_state0 = _add_or_none(ct_state0, s_state0)
