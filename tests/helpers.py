@@ -178,3 +178,19 @@ def check_inverse_is_step_backwards(solver):
     assert max_relative_error((y_back, state_back), (y_inv, state_inv)) < 1e-14
     assert max_relative_error((y_inv, state_inv), (y0, state0)) < 1e-14
     assert jtu.tree_structure(state_inv) == jtu.tree_structure(state0)
+
+
+def observed_orders(solver, ns):
+    """log2 of the ratio of global errors between successive halvings of the step (`n`
+    steps for each `n` in `ns`), on y' = t·[[0, −1], [1, 0]]·y over [0, 2], whose
+    solution is y = (cos(t²/2), sin(t²/2))."""
+    term = diffrax.ODETerm(lambda t, y, args: t * jnp.stack([-y[1], y[0]]))
+    exact = lambda t: jnp.array([jnp.cos(t**2 / 2), jnp.sin(t**2 / 2)])
+
+    @jax.jit
+    def error(dt0):
+        sol = diffrax.diffeqsolve(term, solver, 0.0, 2.0, dt0, exact(0.0), max_steps=max(ns))
+        return jnp.max(jnp.abs(sol.ys[-1] - exact(2.0)))
+
+    errors = [error(2.0 / n) for n in ns]
+    return [float(jnp.log2(a / b)) for a, b in zip(errors[:-1], errors[1:])]

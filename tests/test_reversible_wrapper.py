@@ -14,7 +14,14 @@ import pytest
 
 import reversible_adjoint as ra
 
-from .helpers import assert_nonzero, make_problem, max_relative_error, readout, round_trip
+from .helpers import (
+    assert_nonzero,
+    make_problem,
+    max_relative_error,
+    observed_orders,
+    readout,
+    round_trip,
+)
 
 
 RTOL = 1e-8
@@ -158,19 +165,8 @@ ORDERS = {
 }
 
 
-def _observed_orders(solver, ns=(10, 20, 40, 80)):
-    """log2 of the ratio of global errors between successive halvings of the step, on
-    y' = t·[[0, −1], [1, 0]]·y, whose solution is y = (cos(t²/2), sin(t²/2))."""
-    term = diffrax.ODETerm(lambda t, y, args: t * jnp.stack([-y[1], y[0]]))
-    exact = lambda t: jnp.array([jnp.cos(t**2 / 2), jnp.sin(t**2 / 2)])
-
-    @jax.jit
-    def error(dt0):
-        sol = diffrax.diffeqsolve(term, solver, 0.0, 2.0, dt0, exact(0.0), max_steps=max(ns))
-        return jnp.max(jnp.abs(sol.ys[-1] - exact(2.0)))
-
-    errors = [error(2.0 / n) for n in ns]
-    return [float(jnp.log2(a / b)) for a, b in zip(errors[:-1], errors[1:])]
+# At most 80 steps: see `test_order`.
+WRAPPER_STEPS = (10, 20, 40, 80)
 
 
 @pytest.mark.parametrize("base", list(ORDERS))
@@ -187,8 +183,8 @@ def test_order(base):
     solver, order = ORDERS[base]
     wrapped = ra.Reversible(solver)
     assert wrapped.order(None) == order
-    orders = _observed_orders(wrapped)
-    bare_orders = _observed_orders(solver)
+    orders = observed_orders(wrapped, WRAPPER_STEPS)
+    bare_orders = observed_orders(solver, WRAPPER_STEPS)
     for o, bare in zip(orders, bare_orders):
         assert abs(bare - order) < 0.6, bare_orders
         assert abs(o - order) < 0.2 or abs(o - bare) < 0.2, (orders, bare_orders)
