@@ -8,6 +8,8 @@ import jax.numpy as jnp
 import jax.random as jr
 import jax.tree_util as jtu
 
+import reversible_adjoint as ra
+
 
 class Field(eqx.Module):
     """A time-dependent vector field on a pytree state, with a parameter inside the
@@ -125,9 +127,6 @@ def backward_loop_evaluations(solver):
     in the body of the one while loop that also differentiates them (`cosh`; the
     forward loop does not)."""
     y0, args = jnp.array([0.4, -0.3, 0.2]), jnp.array(0.8)
-    # Local import: `ReversibleAdjoint` is what is being measured.
-    import reversible_adjoint as ra
-
     jaxpr = jax.make_jaxpr(jax.grad(sinh_loss, argnums=(2, 3)), static_argnums=(0, 1))(
         solver, ra.ReversibleAdjoint(), y0, args
     ).jaxpr
@@ -149,7 +148,13 @@ def backward_loop_evaluations(solver):
 STEP_TO_INTERIOR = jnp.linspace(0.3, 1.7, 9) ** 1.2
 
 
-def solve_constant_or_step_to(inputs, solver, controller_name, adjoint, grid=STEP_TO_INTERIOR):
+def solve_constant_or_step_to(
+    inputs,
+    solver,
+    controller_name,
+    adjoint=diffrax.RecursiveCheckpointAdjoint(),
+    grid=STEP_TO_INTERIOR,
+):
     """Solves with `SaveAt(ts=..., t1=True)` and `SaveAt(steps=True)` together.
     `inputs = (terms, y0, args, t0, t1, ts, dt0)`; `controller_name` is `"constant"`
     (`ConstantStepSize` with `dt0`) or `"stepto"` (`StepTo` on `t0`, `grid`, `t1`)."""
@@ -194,3 +199,42 @@ def observed_orders(solver, ns):
 
     errors = [error(2.0 / n) for n in ns]
     return [float(jnp.log2(a / b)) for a, b in zip(errors[:-1], errors[1:])]
+
+
+def _readout_ys_ts(sol):
+    return readout(sol.ys) + 0.3 * readout(sol.ts)
+
+
+def check_parity_constant_or_step_to(inputs, solver, controller_name, names, rtol):
+    """Gradients of `solve_constant_or_step_to` with respect to every input (named
+    `names`), from `ReversibleAdjoint` against `RecursiveCheckpointAdjoint`."""
+
+    @eqx.filter_jit
+    @eqx.filter_grad
+    def grad(inputs, adjoint):
+        return _readout_ys_ts(solve_constant_or_step_to(inputs, solver, controller_name, adjoint))
+
+    want = grad(inputs, diffrax.RecursiveCheckpointAdjoint())
+    got = grad(inputs, ra.ReversibleAdjoint())
+    if controller_name == "stepto":
+        assert jnp.all(want[-1] == 0) and jnp.all(got[-1] == 0)  # `dt0` is unused
+        want, got = want[:-1], got[:-1]
+    assert_nonzero(want)
+    errors = {name: max_relative_error(g, w) for name, g, w in zip(names, got, want)}
+    assert max(errors.values()) < rtol, errors
+
+
+def check_step_to_grid_gradient(inputs, solver, rtol):
+    """Gradient with respect to the interior times of the `StepTo` grid of
+    `solve_constant_or_step_to`, from `ReversibleAdjoint` against
+    `RecursiveCheckpointAdjoint`."""
+
+    @eqx.filter_jit
+    @eqx.filter_grad
+    def grad(grid, adjoint):
+        return _readout_ys_ts(solve_constant_or_step_to(inputs, solver, "stepto", adjoint, grid))
+
+    want = grad(STEP_TO_INTERIOR, diffrax.RecursiveCheckpointAdjoint())
+    got = grad(STEP_TO_INTERIOR, ra.ReversibleAdjoint())
+    assert_nonzero(want)
+    assert max_relative_error(got, want) < rtol

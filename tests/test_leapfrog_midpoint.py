@@ -3,38 +3,26 @@ order, and `ReversibleAdjoint` gradients equal to `RecursiveCheckpointAdjoint`'s
 both our instance and diffrax's."""
 
 import diffrax
-import equinox as eqx
 import jax.numpy as jnp
 import pytest
 
 import reversible_adjoint as ra
 
 from .helpers import (
-    assert_nonzero,
+    check_parity_constant_or_step_to,
+    check_step_to_grid_gradient,
     make_problem,
     max_relative_error,
     observed_orders,
-    readout,
     round_trip,
     solve_constant_or_step_to,
-    STEP_TO_INTERIOR,
 )
 
 
 RTOL = 1e-8
 SOLVERS = [ra.LeapfrogMidpoint(), diffrax.LeapfrogMidpoint()]
 SOLVER_IDS = ["ra.LeapfrogMidpoint", "diffrax.LeapfrogMidpoint"]
-# Interior points of a non-uniform `StepTo` grid on [0, 2].
-GRID = STEP_TO_INTERIOR
 NAMES = ["term", "y0", "args", "t0", "t1", "ts", "dt0"]
-
-
-def _solve(inputs, solver, controller_name, adjoint=diffrax.RecursiveCheckpointAdjoint(), grid=GRID):
-    return solve_constant_or_step_to(inputs, solver, controller_name, adjoint, grid)
-
-
-def _loss(sol):
-    return readout(sol.ys) + 0.3 * readout(sol.ts)
 
 
 def _inputs():
@@ -54,36 +42,13 @@ def test_gradient_parity(solver, controller_name):
     """Every input, `SaveAt(ts=..., t1=True)` and `SaveAt(steps=True)` together. On the
     `StepTo` grid (and, by round-off, on the `ConstantStepSize` one) consecutive steps
     differ, so the inverse must use the recorded previous time."""
-
-    @eqx.filter_jit
-    @eqx.filter_grad
-    def grad(inputs, adjoint):
-        return _loss(_solve(inputs, solver, controller_name, adjoint))
-
-    inputs = _inputs()
-    want = grad(inputs, diffrax.RecursiveCheckpointAdjoint())
-    got = grad(inputs, ra.ReversibleAdjoint())
-    if controller_name == "stepto":
-        assert jnp.all(want[-1] == 0) and jnp.all(got[-1] == 0)  # `dt0` is unused
-        want, got = want[:-1], got[:-1]
-    assert_nonzero(want)
-    errors = {name: max_relative_error(g, w) for name, g, w in zip(NAMES, got, want)}
-    assert max(errors.values()) < RTOL, errors
+    check_parity_constant_or_step_to(_inputs(), solver, controller_name, NAMES, RTOL)
 
 
 @pytest.mark.parametrize("solver", SOLVERS, ids=SOLVER_IDS)
 def test_step_to_grid_gradient(solver):
     """Gradient with respect to the times of a non-uniform `StepTo` grid."""
-
-    @eqx.filter_jit
-    @eqx.filter_grad
-    def grad(grid, adjoint):
-        return _loss(_solve(_inputs(), solver, "stepto", adjoint, grid))
-
-    want = grad(GRID, diffrax.RecursiveCheckpointAdjoint())
-    got = grad(GRID, ra.ReversibleAdjoint())
-    assert_nonzero(want)
-    assert max_relative_error(got, want) < RTOL
+    check_step_to_grid_gradient(_inputs(), solver, RTOL)
 
 
 def test_matches_diffrax():
@@ -91,7 +56,7 @@ def test_matches_diffrax():
     for controller_name in ["constant", "stepto"]:
         inputs = _inputs()
         sols = [
-            _solve(inputs, solver, controller_name).ys for solver in SOLVERS
+            solve_constant_or_step_to(inputs, solver, controller_name).ys for solver in SOLVERS
         ]
         assert max_relative_error(sols[0], sols[1]) == 0
 

@@ -11,20 +11,17 @@ import pytest
 import reversible_adjoint as ra
 
 from .helpers import (
-    assert_nonzero,
+    check_parity_constant_or_step_to,
+    check_step_to_grid_gradient,
     max_relative_error,
-    readout,
     round_trip,
     solve_constant_or_step_to,
-    STEP_TO_INTERIOR,
 )
 
 
 RTOL = 1e-8
 SOLVERS = [ra.SemiImplicitEuler(), diffrax.SemiImplicitEuler()]
 SOLVER_IDS = ["ra.SemiImplicitEuler", "diffrax.SemiImplicitEuler"]
-# Interior points of a non-uniform `StepTo` grid on [0, 2].
-GRID = STEP_TO_INTERIOR
 NAMES = ["terms", "y0", "args", "t0", "t1", "ts", "dt0"]
 
 
@@ -56,14 +53,6 @@ def _inputs():
     return terms, (q0, p0), args, jnp.array(0.0), jnp.array(2.0), ts, jnp.array(0.05)
 
 
-def _solve(inputs, solver, controller_name, adjoint=diffrax.RecursiveCheckpointAdjoint(), grid=GRID):
-    return solve_constant_or_step_to(inputs, solver, controller_name, adjoint, grid)
-
-
-def _loss(sol):
-    return readout(sol.ys) + 0.3 * readout(sol.ts)
-
-
 # diffrax's instance runs the same forward pass: checked on constant steps (the
 # `StepTo` grid test below covers it on a non-uniform grid).
 @pytest.mark.parametrize(
@@ -73,41 +62,18 @@ def _loss(sol):
 )
 def test_gradient_parity(solver, controller_name):
     """Every input, `SaveAt(ts=..., t1=True)` and `SaveAt(steps=True)` together."""
-
-    @eqx.filter_jit
-    @eqx.filter_grad
-    def grad(inputs, adjoint):
-        return _loss(_solve(inputs, solver, controller_name, adjoint))
-
-    inputs = _inputs()
-    want = grad(inputs, diffrax.RecursiveCheckpointAdjoint())
-    got = grad(inputs, ra.ReversibleAdjoint())
-    if controller_name == "stepto":
-        assert jnp.all(want[-1] == 0) and jnp.all(got[-1] == 0)  # `dt0` is unused
-        want, got = want[:-1], got[:-1]
-    assert_nonzero(want)
-    errors = {name: max_relative_error(g, w) for name, g, w in zip(NAMES, got, want)}
-    assert max(errors.values()) < RTOL, errors
+    check_parity_constant_or_step_to(_inputs(), solver, controller_name, NAMES, RTOL)
 
 
 def test_step_to_grid_gradient():
     """Gradient with respect to the times of a non-uniform `StepTo` grid."""
-
-    @eqx.filter_jit
-    @eqx.filter_grad
-    def grad(grid, adjoint):
-        return _loss(_solve(_inputs(), SOLVERS[0], "stepto", adjoint, grid))
-
-    want = grad(GRID, diffrax.RecursiveCheckpointAdjoint())
-    got = grad(GRID, ra.ReversibleAdjoint())
-    assert_nonzero(want)
-    assert max_relative_error(got, want) < RTOL
+    check_step_to_grid_gradient(_inputs(), SOLVERS[0], RTOL)
 
 
 def test_matches_diffrax():
     """Forward: bit-for-bit the numbers of `diffrax.SemiImplicitEuler`."""
     for controller_name in ["constant", "stepto"]:
-        sols = [_solve(_inputs(), solver, controller_name).ys for solver in SOLVERS]
+        sols = [solve_constant_or_step_to(_inputs(), solver, controller_name).ys for solver in SOLVERS]
         assert max_relative_error(sols[0], sols[1]) == 0
 
 
