@@ -44,6 +44,7 @@ import diffrax
 from diffrax._heuristics import is_sde, is_unsafe_sde
 from diffrax._integrate import SaveState
 from diffrax._saveat import save_y
+from diffrax._term import WrapTerm
 
 from ._adjoint_term import (
     AdjointTerm,
@@ -51,6 +52,7 @@ from ._adjoint_term import (
     materialise as _materialise,
     zeros_like_inexact as _zeros_like_inexact,
 )
+from ._save_layout import SaveLayout
 from ._solver.base import AbstractReversibleSolver
 from ._solver.leapfrog_midpoint import LeapfrogMidpoint
 from ._solver.reversible_heun import ReversibleHeun
@@ -85,7 +87,14 @@ _DIFFRAX_REVERSIBLE = {
 
 
 def _supported_solvers():
-    names = [f"`reversible_adjoint.{cls.__name__}`" for cls in _DIFFRAX_REVERSIBLE.values()]
+    ours = [
+        "ReversibleHeun",
+        "AsynchronousLeapfrog",
+        "Reversible(<any explicit Runge-Kutta method>)",
+        "LeapfrogMidpoint",
+        "SemiImplicitEuler",
+    ]
+    names = [f"`reversible_adjoint.{name}`" for name in ours]
     names += [f"`diffrax.{cls.__name__}`" for cls in _DIFFRAX_REVERSIBLE]
     return ", ".join(names)
 
@@ -98,8 +107,10 @@ def _as_reversible(solver) -> AbstractReversibleSolver:
         raise ValueError(
             f"`adjoint=ReversibleAdjoint()` needs an algebraically reversible solver, "
             f"but got `{type(solver).__name__}`. Supported: {_supported_solvers()}, "
-            "and any subclass of `reversible_adjoint.AbstractReversibleSolver`. For "
-            "other solvers use `adjoint=diffrax.RecursiveCheckpointAdjoint()`."
+            "and any subclass of `reversible_adjoint.AbstractReversibleSolver`. To "
+            "keep your solver, wrap it: `reversible_adjoint.Reversible(solver)` makes "
+            "any explicit Runge-Kutta method reversible. Otherwise use "
+            "`adjoint=diffrax.RecursiveCheckpointAdjoint()`."
         )
     return reversible()
 
@@ -126,12 +137,6 @@ def _or_zero(x, zero):
     return zero if x is None else x.astype(zero.dtype)
 
 
-def _count_le(ts, t):
-    """Number of save times `<= t`: how far diffrax's loop has got through `ts` after
-    stepping to `t`."""
-    return jnp.searchsorted(ts, t, side="right").astype(jnp.int32)
-
-
 def _save_pullback(fn, t, y, args, ct, with_time):
     """Cotangents of `(t, y, args, fn)`, given the cotangent `ct` of `fn(t, y, args)`
     (`None` for `t` unless `with_time`)."""
@@ -142,24 +147,13 @@ def _save_pullback(fn, t, y, args, ct, with_time):
 
 
 class _Sub(eqx.Module):
-    """One `SubSaveAt`, seen by the backward pass: its buffer layout, and the
-    cotangents of its saved values and times."""
+    """One `SubSaveAt`, seen by the backward pass: its buffer layout, its `fn`, and
+    the cotangents of its saved values and times."""
 
+    layout: SaveLayout
     fn: Any
-    ts: Any
-    t0: bool = eqx.field(static=True)
-    t1: bool = eqx.field(static=True)
-    steps: int = eqx.field(static=True)
     ct_ts: Any
     ct_ys: Any
-
-    @property
-    def offset(self):
-        return 1 if self.t0 else 0
-
-    @property
-    def num_ts(self):
-        return 0 if self.ts is None else len(self.ts)
 
 
 class _Static(eqx.Module):
@@ -358,6 +352,8 @@ def _reversible_loop_fwd(perturbed, inputs, *, static):
 #
 
 
+
+
 @_reversible_loop.def_bwd
 def _reversible_loop_bwd(residuals, grad_out, perturbed, inputs, *, static):
     y_final, solver_state_final, record, final_tangents, t1_tangent = residuals
@@ -398,11 +394,8 @@ def _reversible_loop_bwd(residuals, grad_out, perturbed, inputs, *, static):
     save_ct = jtu.tree_leaves(grad_state.save_state, is_leaf=_is_save_state)
     subs = [
         _Sub(
+            layout=SaveLayout(ts=sub.ts, t0=sub.t0, t1=sub.t1, steps=sub.steps),
             fn=sub.fn,
-            ts=sub.ts,
-            t0=sub.t0,
-            t1=sub.t1,
-            steps=sub.steps,
             ct_ts=_materialise(ct.ts, like.ts),
             ct_ys=_materialise(ct.ys, like.ys),
         )
@@ -410,7 +403,8 @@ def _reversible_loop_bwd(residuals, grad_out, perturbed, inputs, *, static):
     ]
     # Cotangents accumulated per `SubSaveAt`: of its `ts`, and of the arrays in its `fn`.
     a_subs = [
-        (_zeros_like_inexact(sub.ts), _zeros_like_inexact(sub.fn)) for sub in subs
+        (_zeros_like_inexact(sub.layout.ts), _zeros_like_inexact(sub.fn))
+        for sub in subs
     ]
 
     def add_save(a_subs, j, ct_fn=None, index=None, ct_t=None):
@@ -429,11 +423,10 @@ def _reversible_loop_bwd(residuals, grad_out, perturbed, inputs, *, static):
         c_t = zero_time
         c_args = _zeros_like_inexact(args)
         for i, sub in enumerate(subs):
-            if sub.steps == 0:
+            if sub.layout.steps == 0:
                 continue
-            due = ((j + 1) % sub.steps == 0) & (j >= 0)
-            num_ts_saved = 0 if sub.ts is None else _count_le(sub.ts, t_j1)
-            index = sub.offset + num_ts_saved + (j + 1) // sub.steps - 1
+            due = sub.layout.steps_due(j)
+            index = sub.layout.steps_index(j, t_j1)
             ct = _mask(_index(sub.ct_ys, index), due)
             s_t, s_y, s_args, s_fn = _save_pullback(sub.fn, t_j1, y_j1, args, ct, with_time)
             c_y = _add(c_y, s_y)
@@ -442,7 +435,7 @@ def _reversible_loop_bwd(residuals, grad_out, perturbed, inputs, *, static):
             a_subs = add_save(a_subs, i, ct_fn=s_fn)
         return c_y, c_t, c_args, a_subs
 
-    with_dense = any(sub.ts is not None for sub in subs)
+    with_dense = any(sub.layout.ts is not None for sub in subs)
 
     #
     # Values saved at the end of the solve (`SaveAt(t1=True)`), and cotangents of the
@@ -454,15 +447,12 @@ def _reversible_loop_bwd(residuals, grad_out, perturbed, inputs, *, static):
     a_state = _materialise(grad_state.solver_state, solver_state_final)
     a_args_terms = _zeros_like_inexact((args, terms))
     a_t_final = _or_zero(grad_state.tprev, zero_time)
+    t0_equals_t1 = inputs["t0"] == inputs["t1"]
     for j, sub in enumerate(subs):
-        if not sub.t1 or sub.steps == 1:
-            continue  # Not saved, or saved as the last step's `steps` value.
-        if sub.steps == 0:
-            saved = True
-            index = sub.offset + sub.num_ts
-        else:
-            saved = num_accepted % sub.steps != 0
-            index = sub.offset + sub.num_ts + num_accepted // sub.steps
+        saved = sub.layout.t1_due(num_accepted)
+        if saved is False:
+            continue  # Not saved, or always saved as the last step's `steps` value.
+        index = sub.layout.t1_index(num_accepted, t_final, t0_equals_t1)
         ct = _mask(_index(sub.ct_ys, index), saved)
         c_t, c_y, c_args, c_fn = _save_pullback(
             sub.fn, t_final, y_final, args, ct, with_time
@@ -536,19 +526,19 @@ def _reversible_loop_bwd(residuals, grad_out, perturbed, inputs, *, static):
         a_t_k = a_t_k1 = zero_time
         a_args, a_terms = a_args_terms
         for j, sub in enumerate(subs):
-            if sub.ts is None:
+            layout = sub.layout
+            if layout.ts is None:
                 continue
-            lo = jnp.where(k == 0, 0, _count_le(sub.ts, t_k))
-            hi = _count_le(sub.ts, t_k1)
-            shift = sub.offset + (0 if sub.steps == 0 else k // sub.steps)
+            lo = layout.ts_saved(k, t_k)
+            hi = layout.ts_saved(k + 1, t_k1)
             ts_perturbed = bool(perturbed_subs[j].ts)
 
-            def body(c, sub=sub, shift=shift, ts_perturbed=ts_perturbed):
+            def body(c, sub=sub, ts_perturbed=ts_perturbed):
                 i, ct_dense, a_t_k, a_t_k1, a_args, (a_ts, a_fn) = c
-                index = shift + i
+                index = sub.layout.ts_index(k, i)
                 _, pullback = filter_vjp(
                     snapshot,
-                    (sub.ts[i], t_k, t_k1, dense_info, args, sub.fn),
+                    (sub.layout.ts[i], t_k, t_k1, dense_info, args, sub.fn),
                     (ts_perturbed, with_time, with_time, True, True, True),
                 )
                 c_t, c_tk, c_tk1, c_dense, c_args, c_fn = pullback(
@@ -632,19 +622,18 @@ def _reversible_loop_bwd(residuals, grad_out, perturbed, inputs, *, static):
     y0 = inputs["y0"]
     t0 = inputs["t0"]
     a_t0 = zero_time
-    no_steps = num_accepted == 0
     for j, sub in enumerate(subs):
         ct = None
         ct_time = zero_time
-        if sub.t0:
+        if sub.layout.t0:
             ct = _index(sub.ct_ys, 0)
             ct_time = sub.ct_ts[0]
-        if sub.ts is not None:
-            window = slice(sub.offset, sub.offset + sub.num_ts)
+        if sub.layout.ts is not None:
+            window = sub.layout.repeated_at_t0()
             repeated = jtu.tree_map(lambda c: jnp.sum(c[window], axis=0), sub.ct_ys)
-            repeated = _mask(repeated, no_steps)
+            repeated = _mask(repeated, t0_equals_t1)
             ct = repeated if ct is None else _add(ct, repeated)
-            ct_time = ct_time + jnp.where(no_steps, jnp.sum(sub.ct_ts[window]), 0)
+            ct_time = ct_time + jnp.where(t0_equals_t1, jnp.sum(sub.ct_ts[window]), 0)
         if ct is None:
             continue
         c_t, c_y, c_args, c_fn = _save_pullback(
@@ -683,10 +672,19 @@ def _reversible_loop_bwd(residuals, grad_out, perturbed, inputs, *, static):
         args=a_args,
         terms=a_terms,
         subs=ct_subs,
-        step_to=None if a_grid is None else eqx.tree_at(
-            lambda c: c.ts, _zeros_like_inexact(step_to), a_grid
-        ),
+        step_to=_step_to_cotangent(step_to, a_grid),
     )
+
+
+def _step_to_cotangent(step_to, a_grid):
+    """The cotangent of `StepTo`: `a_grid` for its times if they were differentiated,
+    zeros for its other inexact leaves (and for its times otherwise)."""
+    if step_to is None:
+        return None
+    ct = _zeros_like_inexact(step_to)
+    if a_grid is None:
+        return ct
+    return eqx.tree_at(lambda c: c.ts, ct, a_grid)
 
 
 #
@@ -694,8 +692,12 @@ def _reversible_loop_bwd(residuals, grad_out, perturbed, inputs, *, static):
 #
 
 
-def _is_term_with_vector_field(x):
-    return isinstance(x, (diffrax.ODETerm, diffrax.ControlTerm))
+def _is_leaf_term(x):
+    """A term that is not a container of other terms: it has a vector field of its
+    own."""
+    return isinstance(x, diffrax.AbstractTerm) and not isinstance(
+        x, (diffrax.MultiTerm, WrapTerm)
+    )
 
 
 class _RecordInputs(diffrax.AbstractTerm):
@@ -715,6 +717,27 @@ class _RecordInputs(diffrax.AbstractTerm):
         return self.term.prod(vf, control)
 
 
+class _HoistedTerm(diffrax.AbstractTerm):
+    """A user's own term whose `vf` closes over arrays being differentiated: `vf` is
+    replaced by its closure-converted form, which holds them as PyTree leaves."""
+
+    term: diffrax.AbstractTerm
+    converted_vf: Callable
+
+    def vf(self, t, y, args):
+        return self.converted_vf(t, y, args)
+
+    def contr(self, t0, t1, **kwargs):
+        return self.term.contr(t0, t1, **kwargs)
+
+    def prod(self, vf, control):
+        return self.term.prod(vf, control)
+
+
+def _has_tracers(tree):
+    return any(isinstance(x, jax.core.Tracer) for x in jtu.tree_leaves(tree))
+
+
 def _hoist_closures(terms, solver, t0, t1, y0, args, solver_state):
     """Makes the arrays that vector fields close over (e.g. `lambda t, y, args: -a * y`
     with `a` being differentiated) leaves of `terms`, so that the custom VJP
@@ -722,20 +745,27 @@ def _hoist_closures(terms, solver, t0, t1, y0, args, solver_state):
 
     Each vector field is traced with the inputs the solver's `step` gives it, which
     need not be `y` (`SemiImplicitEuler` gives each of its two terms the other half).
+    `ODETerm`s and `ControlTerm`s get their `vector_field` converted; a user's own
+    term, whose `vf` may close over arrays anywhere, is wrapped with a converted `vf`
+    if it closes over any array being traced.
     """
-    leaves, treedef = jtu.tree_flatten(terms, is_leaf=_is_term_with_vector_field)
+    leaves, treedef = jtu.tree_flatten(terms, is_leaf=_is_leaf_term)
     inputs = {}
 
     def as_struct(x):
-        return jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)) if eqx.is_array(x) else x
+        if eqx.is_array(x):
+            return jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x))
+        return x
 
     def recording(i, leaf):
-        if not _is_term_with_vector_field(leaf):
+        if not _is_leaf_term(leaf):
             return leaf
         report = lambda tya: inputs.setdefault(i, jtu.tree_map(as_struct, tya))
         return _RecordInputs(leaf, report)
 
-    recording_terms = jtu.tree_unflatten(treedef, [recording(i, x) for i, x in enumerate(leaves)])
+    recording_terms = jtu.tree_unflatten(
+        treedef, [recording(i, x) for i, x in enumerate(leaves)]
+    )
     eqx.filter_eval_shape(
         lambda: solver.step(recording_terms, t0, t1, y0, args, solver_state, False)
     )
@@ -743,11 +773,13 @@ def _hoist_closures(terms, solver, t0, t1, y0, args, solver_state):
     def hoist(i, term):
         if i not in inputs:
             return term
-        vector_field = eqx.filter_closure_convert(term.vector_field, *inputs[i])
-        return eqx.tree_at(lambda tm: tm.vector_field, term, vector_field)
+        if isinstance(term, (diffrax.ODETerm, diffrax.ControlTerm)):
+            vector_field = eqx.filter_closure_convert(term.vector_field, *inputs[i])
+            return eqx.tree_at(lambda tm: tm.vector_field, term, vector_field)
+        converted = eqx.filter_closure_convert(term.vf, *inputs[i])
+        return _HoistedTerm(term, converted) if _has_tracers(converted.consts) else term
 
     return jtu.tree_unflatten(treedef, [hoist(i, x) for i, x in enumerate(leaves)])
-
 
 
 _NONDIFF_CONTROLLER = (
@@ -862,6 +894,16 @@ class ReversibleAdjoint(diffrax.AbstractAdjoint):
                 "algebraically reversible schemes are Stratonovich). Write the SDE in "
                 "Stratonovich form and use `ReversibleHeun`, or use "
                 "`adjoint=diffrax.RecursiveCheckpointAdjoint()`."
+            )
+        if is_sde(terms) and isinstance(reversible, LeapfrogMidpoint):
+            raise NotImplementedError(
+                f"`adjoint=ReversibleAdjoint()` does not support `{type(solver).__name__}` "
+                "on an SDE: its step takes the Brownian increment over two steps, from "
+                "a time held in the solver state, and the backward pass differentiates "
+                "the solver state, whereas the Brownian motion cannot be differentiated "
+                "with respect to time. Use "
+                "`reversible_adjoint.ReversibleHeun()`, which converges to the "
+                "Stratonovich solution, or `adjoint=diffrax.RecursiveCheckpointAdjoint()`."
             )
         if init_state.made_jump is not False:
             raise NotImplementedError(

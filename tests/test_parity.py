@@ -1,6 +1,8 @@
 """Gradients of `ReversibleAdjoint` against `diffrax.RecursiveCheckpointAdjoint` on the
 same solver and the same steps, for every differentiable input."""
 
+from collections.abc import Callable
+
 import diffrax
 import equinox as eqx
 import jax
@@ -253,3 +255,61 @@ def test_float32():
         # Float32 round-off. The `dt0` gradient is a sum of cancelling terms along the
         # step grid; there both adjoints are ~2e-4 away from the float64 value.
         assert max_relative_error(g, w) < (2e-3 if name == "dt0" else 1e-5), name
+
+
+@pytest.mark.parametrize(
+    "solver",
+    [ra.ReversibleHeun(), ra.AsynchronousLeapfrog(), ra.Reversible(diffrax.Midpoint()), ra.LeapfrogMidpoint()],
+    ids=["RH", "ALF", "Reversible", "LM"],
+)
+def test_step_to_times_not_differentiated(solver):
+    """`StepTo` whose times are a constant (or built inside the loss): its times get
+    a zero cotangent, as from RCA, rather than a structure mismatch."""
+    term, y0, args = make_problem()
+
+    @eqx.filter_grad
+    def grad(inputs, adjoint):
+        y0, args = inputs
+        controller = diffrax.StepTo(jnp.linspace(0.0, 1.0, 11) ** 1.3)
+        sol = diffrax.diffeqsolve(
+            term, solver, 0.0, 1.0, None, y0, args=args,
+            stepsize_controller=controller, adjoint=adjoint,
+        )
+        return readout(sol.ys)
+
+    want = grad((y0, args), diffrax.RecursiveCheckpointAdjoint())
+    got = grad((y0, args), ra.ReversibleAdjoint())
+    assert_nonzero(want)
+    assert max_relative_error(got, want) < RTOL
+
+
+def test_custom_term_closing_over_parameters():
+    """A user's own `AbstractTerm` whose vector field closes over an array being
+    differentiated (not a leaf of the term)."""
+
+    class Term(diffrax.AbstractTerm):
+        fn: Callable
+
+        def vf(self, t, y, args):
+            return self.fn(t, y, args)
+
+        def contr(self, t0, t1, **kwargs):
+            return t1 - t0
+
+        def prod(self, vf, control):
+            return jax.tree_util.tree_map(lambda v: v * control, vf)
+
+    _, y0, args = make_problem()
+
+    def loss(w, adjoint):
+        field = lambda t, y, args: {"x": -w * y["v"] * jnp.cos(t), "v": w**2 * y["x"] - args[0] * y["v"]}
+        sol = diffrax.diffeqsolve(
+            Term(field), ra.ReversibleHeun(), 0.0, 1.0, 0.05, y0, args=args,
+            saveat=diffrax.SaveAt(ts=jnp.array([0.3, 0.77, 1.0])), adjoint=adjoint,
+        )
+        return readout(sol.ys)
+
+    w = jnp.array(0.8)
+    want = jax.grad(loss)(w, diffrax.RecursiveCheckpointAdjoint())
+    got = jax.grad(loss)(w, ra.ReversibleAdjoint())
+    assert want != 0 and abs(got - want) < RTOL * abs(want)

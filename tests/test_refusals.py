@@ -85,3 +85,20 @@ def test_solver_without_inverse():
         jax.grad(lambda y0: jnp.sum(_solve(solver=EulerWithoutInverse(), y0=y0).ys["x"]))(
             make_problem()[1]
         )
+
+
+def test_refusal_lists_every_solver():
+    with pytest.raises(ValueError) as info:
+        _solve(solver=diffrax.Tsit5())
+    for name in ["ReversibleHeun", "AsynchronousLeapfrog", "Reversible(", "LeapfrogMidpoint", "SemiImplicitEuler"]:
+        assert f"reversible_adjoint.{name}" in str(info.value)
+
+
+@pytest.mark.parametrize("solver", [ra.LeapfrogMidpoint(), diffrax.LeapfrogMidpoint()])
+def test_leapfrog_midpoint_sde(solver):
+    bm = diffrax.VirtualBrownianTree(0.0, 1.0, 1e-3, (2,), key=jr.PRNGKey(0))
+    terms = diffrax.MultiTerm(
+        diffrax.ODETerm(lambda t, y, args: -y), diffrax.ControlTerm(lambda t, y, args: 0.1 * y, bm)
+    )
+    with pytest.raises(NotImplementedError, match=r"LeapfrogMidpoint.*SDE.*ReversibleHeun.*RecursiveCheckpointAdjoint"):
+        jax.grad(lambda y0: jnp.sum(_solve(terms=terms, solver=solver, y0=y0, args=None).ys))(jnp.ones(2))
