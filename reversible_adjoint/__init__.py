@@ -5,6 +5,8 @@ import importlib.metadata
 
 from ._adjoint import ReversibleAdjoint as ReversibleAdjoint
 from ._adjoint_term import AdjointTerm as AdjointTerm
+from ._drift import ReconstructionDriftWarning as ReconstructionDriftWarning
+from ._round_trip import round_trip_error as round_trip_error
 from ._solver import (
     AbstractReversibleSolver as AbstractReversibleSolver,
     AsynchronousLeapfrog as AsynchronousLeapfrog,

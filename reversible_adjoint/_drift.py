@@ -1,0 +1,146 @@
+"""Reconstruction drift: how far the backward pass's reconstruction of the initial
+state is from the initial state the solve was given.
+
+Reconstruction is exact in exact arithmetic only. In floating point each inverse step
+adds round-off, which later (earlier in time) inverse steps may amplify: by about
+`1/λ` per step for `Reversible(coupling=λ)`, `1/|1 − 2η|` for asynchronous leapfrog
+with `η < 1`, and by the backward flow's own growth on dissipative problems. The
+gradient is computed along the reconstructed trajectory, so when reconstruction has
+drifted the gradient is not the gradient of the solve that was run.
+
+The backward pass ends where the solve began, at a state it knows exactly, so the
+drift is measured there for free: `relative_drift` below, one formula used by
+`ReversibleAdjoint`'s check and by `round_trip_error`.
+"""
+
+import warnings
+from typing import Literal
+
+import equinox as eqx
+import equinox.internal as eqxi
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import numpy as np
+from jaxtyping import Array, PyTree
+
+
+class ReconstructionDriftWarning(UserWarning):
+    """Warns that `ReversibleAdjoint`'s backward pass reconstructed the start of the
+    solve with a relative error above `drift_rtol`, so that its gradient may be
+    inaccurate. The message says how large the drift was, after how many steps, and
+    what to do about it."""
+
+
+def default_drift_rtol(dtype) -> float:
+    """The default `drift_rtol` for a state of floating dtype `dtype`: the square
+    root of its machine epsilon (1.5e-8 in float64, 3.5e-4 in float32), that is, half
+    of the significant digits lost.
+
+    Healthy solves stay far below it: in `benchmarks/reconstruction.py`, 10,000 steps
+    of reversible Heun or asynchronous leapfrog on an oscillator reconstruct to about
+    3e-15 (float64) and 4e-6 (float32) relative, while the failures it is meant to
+    catch (the `Reversible` wrapper over 10,000 steps in float32, a chaotic system
+    over a long horizon) drift by 1e-2 and more.
+    """
+    return float(np.sqrt(np.finfo(dtype).eps))
+
+
+def _inexact_leaves(tree):
+    return [x for x in jtu.tree_leaves(tree) if eqx.is_inexact_array(x)]
+
+
+def _largest(arrays):
+    dtype = jnp.result_type(*arrays)
+    return jnp.max(jnp.stack([jnp.max(x).astype(dtype) for x in arrays]))
+
+
+def _part_drift(got, want, end):
+    """max|got − want| over the leaves of one part (the state `y`, or the solver
+    state), relative to the largest magnitude of that part at the start or the end of
+    the solve (absolute if both are zero)."""
+    got, want, end = _inexact_leaves(got), _inexact_leaves(want), _inexact_leaves(end)
+    if not want:
+        return None
+    error = _largest([jnp.abs(g - w) for g, w in zip(got, want, strict=True)])
+    scale = _largest([jnp.abs(x) for x in want + end])
+    return jnp.where(scale > 0, error / jnp.where(scale > 0, scale, 1), error)
+
+
+def relative_drift(reconstructed: PyTree, true: PyTree, end: PyTree) -> Array:
+    """Relative reconstruction error of the start of a solve.
+
+    **Arguments:**
+
+    - `reconstructed`: `(y0, solver_state0)` as the backward pass rebuilt them.
+    - `true`: `(y0, solver_state0)` as the solve began.
+    - `end`: `(y1, solver_state1)` at the end of the solve, for the scale.
+
+    **Returns:**
+
+    The largest, over the two parts `y` and solver state, of `max|error|` divided by
+    the part's largest magnitude at the start or the end (float32 or float64 scalar).
+    A reconstruction that is not finite gives `inf`.
+    """
+    drifts = [
+        _part_drift(g, w, e) for g, w, e in zip(reconstructed, true, end, strict=True)
+    ]
+    drifts = [d for d in drifts if d is not None]
+    if not drifts:
+        return jnp.array(0.0)
+    drift = _largest(drifts)
+    return jnp.where(jnp.isnan(drift), jnp.inf, drift)
+
+
+def drift_message(measured: str, solver_name: str, rtol: float) -> str:
+    """What the warning and the error say; `measured` is, for example, "a relative
+    error of 3.1e-02 after 10000 steps"."""
+    return (
+        f"`ReversibleAdjoint` with {solver_name} reconstructed the start of the solve "
+        f"with {measured}, above `drift_rtol={rtol:.1e}`: round-off in the reconstruction has grown, and "
+        "the gradient may be inaccurate. To fix it: use float64 "
+        '(`jax.config.update("jax_enable_x64", True)`); take fewer or smaller steps; '
+        "use a solver whose inverse amplifies round-off less (`ReversibleHeun`, "
+        "`AsynchronousLeapfrog(eta=1)`, or `Reversible(coupling=...)` closer to 1); "
+        "or use `adjoint=diffrax.RecursiveCheckpointAdjoint()`. "
+        "`reversible_adjoint.round_trip_error` measures the drift of a solve "
+        "without differentiating it."
+    )
+
+
+def check_drift(
+    x: PyTree,
+    drift: Array,
+    num_steps: Array,
+    *,
+    on_drift: Literal["warn", "raise", "ignore"],
+    rtol: float,
+    solver_name: str,
+) -> PyTree:
+    """Acts on a measured `drift` as `on_drift` says, and returns `x`, which the
+    error of `on_drift="raise"` is attached to.
+
+    Under `jax.vmap` the batch is checked as one: one warning, with the worst drift.
+    """
+    if on_drift == "ignore":
+        return x
+    drift = eqxi.unvmap_max(drift)
+    num_steps = eqxi.unvmap_max(num_steps)
+
+    def warn(drift, num_steps):
+        drift = float(drift)
+        if drift > rtol:
+            measured = f"a relative error of {drift:.1e} after {int(num_steps)} steps"
+            message = drift_message(measured, solver_name, rtol)
+            warnings.warn(ReconstructionDriftWarning(message), stacklevel=2)
+
+    if on_drift == "warn":
+        jax.debug.callback(warn, drift, num_steps)
+        return x
+    if on_drift == "raise":
+        measured = "a relative error (`on_drift='warn'` reports its size)"
+        message = drift_message(measured, solver_name, rtol)
+        return eqx.error_if(x, drift > rtol, message)
+    raise ValueError(
+        f"`on_drift` must be 'warn', 'raise' or 'ignore', but got {on_drift!r}."
+    )
