@@ -1,4 +1,5 @@
-"""`round_trip_error`: the reconstruction drift of a solve, without differentiating it."""
+"""`round_trip_error`: the reconstruction drift of a solve, measured without
+differentiating it."""
 
 import diffrax
 import equinox as eqx
@@ -10,6 +11,8 @@ from jaxtyping import Array, ArrayLike, PyTree
 
 from ._adjoint import as_reversible
 from ._drift import relative_drift
+
+_CONSTANT = diffrax.ConstantStepSize()
 
 
 def _is_leaf_term(x):
@@ -30,7 +33,7 @@ def round_trip_error(
     y0: PyTree[ArrayLike],
     args: PyTree = None,
     *,
-    stepsize_controller: diffrax.AbstractStepSizeController = diffrax.ConstantStepSize(),
+    stepsize_controller: diffrax.AbstractStepSizeController = _CONSTANT,
     max_steps: int = 4096,
 ) -> Array:
     """Solves forward with [`diffrax.diffeqsolve`][], undoes every step with the

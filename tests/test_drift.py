@@ -158,7 +158,9 @@ def test_float32_drift_of_the_reversible_wrapper_warns():
     """`Reversible(Midpoint())` amplifies round-off by `1/0.999` a step: over 10,000
     float32 steps its reconstruction drifts past the default tolerance."""
     term = diffrax.ODETerm(lambda t, y, args: jnp.stack([y[1], -args * y[0]]))
-    f32 = lambda x: jnp.array(x, jnp.float32)
+
+    def f32(x):
+        return jnp.array(x, jnp.float32)
 
     def loss(args):
         sol = diffrax.diffeqsolve(
