@@ -60,12 +60,23 @@ SHARDED = textwrap.dedent(
     print("max relative difference", max(errors), "loss", float(loss4), float(loss1))
     assert max(errors) < 1e-12, errors
     assert abs(float(loss4) - float(loss1)) < 1e-12
+
+    # The drift check on several devices: one warning (forced by a tiny tolerance).
+    import warnings
+    grad_fn = example.make_grad_fn(30, ra.ReversibleHeun(), ra.ReversibleAdjoint(drift_rtol=1e-300))
+    with warnings.catch_warnings(record=True) as records:
+        warnings.simplefilter("always")
+        jax.block_until_ready(grad_fn(example.shard(params, replicated), static, *sharded, ts))
+    drift = [str(r.message) for r in records if issubclass(r.category, ra.ReconstructionDriftWarning)]
+    print("drift warnings on 4 devices:", drift)
+    assert len(drift) == 1 and "after 30 steps" in drift[0], drift
     """
 )
 
 
 def test_sharded_gradients_match_single_device(tmp_path):
-    """One training gradient on 4 simulated CPU devices equals the single-device one."""
+    """One training gradient on 4 simulated CPU devices equals the single-device one,
+    and the drift check warns once for all devices."""
     script = tmp_path / "sharded.py"
     script.write_text(SHARDED)
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_ENABLE_X64="1", JAX_PLATFORMS="cpu")
