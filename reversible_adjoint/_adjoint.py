@@ -41,6 +41,7 @@ import jax.tree_util as jtu
 import numpy as np
 
 import diffrax
+from jaxtyping import Array
 from diffrax._heuristics import is_sde, is_unsafe_sde
 from diffrax._integrate import SaveState
 from diffrax._saveat import save_y
@@ -59,7 +60,12 @@ from ._solver.leapfrog_midpoint import LeapfrogMidpoint
 from ._solver.reversible import Reversible
 from ._solver.reversible_heun import ReversibleHeun
 from ._solver.semi_implicit_euler import SemiImplicitEuler
-from ._step_record import as_tangent_tuple, init_recording
+from ._step_record import (
+    ReportingSolver,
+    as_tangent_tuple,
+    init_checkpoints,
+    init_recording,
+)
 
 
 _inner_loop = jax.named_call(eqxi.while_loop, name="inner-loop")
@@ -283,12 +289,12 @@ def _controller(inputs, static):
     return inputs["step_to"]
 
 
-def _run(inputs, static, stepsize_controller, init_state):
+def _run(inputs, static, stepsize_controller, init_state, solver=None):
     subs = jtu.tree_unflatten(static.subs_treedef, inputs["subs"])
     return static.adjoint._loop(
         args=inputs["args"],
         terms=inputs["terms"],
-        solver=static.solver,
+        solver=static.solver if solver is None else solver,
         stepsize_controller=stepsize_controller,
         event=None,
         saveat=diffrax.SaveAt(subs=subs, **static.saveat_flags),
@@ -329,6 +335,14 @@ def _reversible_loop_fwd(perturbed, inputs, *, static):
             "to `y0`, `args`, the terms and `SaveAt(ts=...)` are available; for time "
             "gradients, use a Brownian path that is differentiable in time."
         )
+    every = static.adjoint.checkpoint_every
+    if every is None:
+        checkpoints, solver = None, static.solver
+    else:
+        checkpoints = init_checkpoints(
+            every, static.max_steps, inputs["y0"], inputs["solver_state"]
+        )
+        solver = ReportingSolver(static.solver)
     controller, controller_state = init_recording(
         _controller(inputs, static),
         inputs["t1"],
@@ -338,10 +352,11 @@ def _reversible_loop_fwd(perturbed, inputs, *, static):
         static.max_steps,
         tangents,
         t1_tangent,
+        checkpoints,
     )
     init_state = _build_init_state(inputs, static)
     init_state = eqx.tree_at(lambda s: s.controller_state, init_state, controller_state)
-    final_state, aux_stats = _run(inputs, static, controller, init_state)
+    final_state, aux_stats = _run(inputs, static, controller, init_state, solver)
     recording = final_state.controller_state
     final_state = eqx.tree_at(
         lambda s: s.controller_state, final_state, recording.inner, is_leaf=_is_none
@@ -352,6 +367,7 @@ def _reversible_loop_fwd(perturbed, inputs, *, static):
         recording.record,
         recording.time_tangents,
         t1_tangent,
+        recording.checkpoints,
     )
     return (final_state, aux_stats), residuals
 
@@ -363,9 +379,35 @@ def _reversible_loop_fwd(perturbed, inputs, *, static):
 
 
 
+class _DriftRecord(eqx.Module):
+    """The worst drift measured so far in the backward pass, the number of steps
+    reconstructed when it was measured, and the step from which the reconstruction
+    now runs (the end of the solve, or the last checkpoint it restarted from)."""
+
+    worst: Array
+    steps: Array
+    restart: Array
+
+    @staticmethod
+    def init(num_accepted, dtype):
+        zero = jnp.zeros((), dtype)
+        return _DriftRecord(zero, jnp.zeros((), jnp.int32), num_accepted)
+
+    def add(self, drift, steps):
+        drift = drift.astype(self.worst.dtype)
+        worse = drift > self.worst
+        return _DriftRecord(
+            jnp.where(worse, drift, self.worst),
+            jnp.where(worse, steps, self.steps),
+            self.restart,
+        )
+
+
 @_reversible_loop.def_bwd
 def _reversible_loop_bwd(residuals, grad_out, perturbed, inputs, *, static):
-    y_final, solver_state_final, record, final_tangents, t1_tangent = residuals
+    y_final, solver_state_final, record, final_tangents, t1_tangent, checkpoints = (
+        residuals
+    )
     grad_state, _ = grad_out
     args = inputs["args"]
     terms = inputs["terms"]
@@ -569,8 +611,31 @@ def _reversible_loop_bwd(residuals, grad_out, perturbed, inputs, *, static):
             a_subs = a_subs[:j] + [a_sub] + a_subs[j + 1 :]
         return ct_dense, a_t_k, a_t_k1, (a_args, a_terms), a_subs
 
+    def restart(k, y1, state1, drift):
+        """At a checkpoint (after accepted step `k + 1`): measure the drift of the
+        reconstruction so far, and carry on from the stored state instead."""
+        j = (k + 1) // checkpoints.every - 1
+        stored = checkpoints.read(j)
+        segment = drift.restart - (k + 1)
+        drift = drift.add(
+            relative_drift((y1, state1), stored, (y_final, solver_state_final)),
+            segment,
+        )
+        y1, state1 = stored
+        return y1, state1, _DriftRecord(drift.worst, drift.steps, k + 1)
+
     def body_fun(carry):
-        k, y1, state1, a_y, a_state, a_args_terms, a_time, a_subs, term_carry = carry
+        (
+            k, y1, state1, a_y, a_state, a_args_terms, a_time, a_subs, term_carry, drift
+        ) = carry
+        if checkpoints is not None:
+            at_checkpoint = ((k + 1) % checkpoints.every == 0) & (k + 1 < num_accepted)
+            y1, state1, drift = lax.cond(
+                at_checkpoint,
+                restart,
+                lambda k, y1, state1, drift: (y1, state1, drift),
+                k, y1, state1, drift,
+            )
         t_k = rec_ts[k]
         t_k1 = rec_ts[k + 1]
         t_previous = rec_ts[jnp.maximum(k - 1, 0)]
@@ -607,7 +672,10 @@ def _reversible_loop_bwd(residuals, grad_out, perturbed, inputs, *, static):
         a_args_terms = _add(a_args_terms, (ct_args, ct_terms))
         a_y = _materialise(ct_y0, y0)
         a_state = _materialise(ct_state0, state0)
-        return k - 1, y0, state0, a_y, a_state, a_args_terms, a_time, a_subs, term_carry
+        return (
+            k - 1, y0, state0, a_y, a_state, a_args_terms, a_time, a_subs, term_carry,
+            drift,
+        )
 
     carry = (
         num_accepted - 1,
@@ -619,14 +687,19 @@ def _reversible_loop_bwd(residuals, grad_out, perturbed, inputs, *, static):
         a_time,
         a_subs,
         term_carry,
+        _DriftRecord.init(num_accepted, rec_ts.dtype),
     )
     carry = lax.while_loop(lambda c: c[0] >= 0, body_fun, carry)
-    _, y_rec, state_rec, a_y, a_state, a_args_terms, (a_theta, a_grid), a_subs, _ = carry
+    (_, y_rec, state_rec, a_y, a_state, a_args_terms, a_time, a_subs, _, drift) = carry
+    a_theta, a_grid = a_time
     # The reconstruction has come back to where the solve began: its drift.
-    drift = relative_drift(
-        (y_rec, state_rec),
-        (inputs["y0"], inputs["solver_state"]),
-        (y_final, solver_state_final),
+    drift = drift.add(
+        relative_drift(
+            (y_rec, state_rec),
+            (inputs["y0"], inputs["solver_state"]),
+            (y_final, solver_state_final),
+        ),
+        drift.restart,
     )
 
     #
@@ -692,8 +765,8 @@ def _reversible_loop_bwd(residuals, grad_out, perturbed, inputs, *, static):
     adjoint = static.adjoint
     return check_drift(
         cts,
-        drift,
-        num_accepted,
+        drift.worst,
+        drift.steps,
         on_drift=adjoint.on_drift,
         rtol=adjoint.rtol_for(inputs["y0"]),
         solver_name=_solver_name(static.solver),
@@ -870,8 +943,15 @@ class ReversibleAdjoint(diffrax.AbstractAdjoint):
         default="warn", static=True
     )
     drift_rtol: float | None = eqx.field(default=None, static=True)
+    checkpoint_every: int | None = eqx.field(default=None, static=True)
 
     def __check_init__(self):
+        every = self.checkpoint_every
+        if every is not None and not (isinstance(every, int) and every >= 1):
+            raise ValueError(
+                "`ReversibleAdjoint(checkpoint_every=...)` must be a positive integer "
+                f"(or `None` for no checkpoints), but got {every!r}."
+            )
         if self.on_drift not in ("warn", "raise", "ignore"):
             raise ValueError(
                 "`ReversibleAdjoint(on_drift=...)` must be 'warn', 'raise' or "

@@ -35,6 +35,7 @@ def round_trip_error(
     *,
     stepsize_controller: diffrax.AbstractStepSizeController = _CONSTANT,
     max_steps: int = 4096,
+    checkpoint_every: int | None = None,
 ) -> Array:
     """Solves forward with [`diffrax.diffeqsolve`][], undoes every step with the
     solver's exact inverse, and returns the relative error of the reconstructed
@@ -48,15 +49,18 @@ def round_trip_error(
     - `terms`, `solver`, `t0`, `t1`, `dt0`, `y0`, `args`, `stepsize_controller`,
         `max_steps`: as for `diffrax.diffeqsolve`. `solver` must be algebraically
         reversible, as for `ReversibleAdjoint`.
+    - `checkpoint_every`: as for `ReversibleAdjoint`: the reconstruction restarts
+        from the true state after every `checkpoint_every` steps, and the drift of
+        each stretch is measured separately.
 
     **Returns:**
 
-    A scalar: the largest, over the state `y` and the solver state, of the largest
-    absolute reconstruction error divided by the largest magnitude of that part at
-    the start or the end of the solve; `inf` if the reconstruction is not finite.
-
-    The forward solve records the time of every accepted step (`max_steps` scalars),
-    not the states.
+    Without checkpoints, a scalar: the largest, over the state `y` and the solver
+    state, of the largest absolute reconstruction error divided by the largest
+    magnitude of that part at the start or the end of the solve; `inf` if the
+    reconstruction is not finite. With `checkpoint_every=K`, an array of
+    `ceil(max_steps / K)` such errors: entry `j` is the drift of the reconstruction of
+    steps `jK` to `(j + 1)K` (zero for stretches the solve did not reach).
     """
     reversible = as_reversible(solver)
     saveat = diffrax.SaveAt(
@@ -98,9 +102,7 @@ def round_trip_error(
     first_end = jnp.where(num_steps > 0, times[1], times[0])
     state0 = solver.init(wrapped, times[0], first_end, y0, args)
 
-    def undo(i, carry):
-        y, state = carry
-        k = num_steps - 1 - i
+    def undo(k, y, state):
         kwargs = {}
         if reversible.needs_previous_time:
             kwargs["t_previous"] = times[jnp.maximum(k - 1, 0)]
@@ -108,5 +110,50 @@ def round_trip_error(
             wrapped, times[k], times[k + 1], y, args, state, False, **kwargs
         )
 
-    y_rec, state_rec = lax.fori_loop(0, num_steps, undo, (y1, state1))
-    return relative_drift((y_rec, state_rec), (y0, state0), (y1, state1))
+    if checkpoint_every is None:
+
+        def body(i, carry):
+            return undo(num_steps - 1 - i, *carry)
+
+        y_rec, state_rec = lax.fori_loop(0, num_steps, body, (y1, state1))
+        return relative_drift((y_rec, state_rec), (y0, state0), (y1, state1))
+
+    # Step forward again over the same times, storing every `K`-th state, then undo
+    # the steps stretch by stretch.
+    every = checkpoint_every
+    size = -(-max_steps // every)
+    checkpoints = jtu.tree_map(
+        lambda x: jnp.zeros((size, *x.shape), x.dtype), (y0, state0)
+    )
+
+    def step(k, carry):
+        (y, state), checkpoints = carry
+        checkpoints = jtu.tree_map(
+            lambda c, x: c.at[k // every].set(
+                jnp.where(k % every == 0, x, c[k // every])
+            ),
+            checkpoints,
+            (y, state),
+        )
+        y, _, _, state, _ = solver.step(
+            wrapped, times[k], times[k + 1], y, args, state, False
+        )
+        return (y, state), checkpoints
+
+    end, checkpoints = lax.fori_loop(0, num_steps, step, ((y0, state0), checkpoints))
+
+    def back(i, carry):
+        (y, state), drifts = carry
+        k = num_steps - 1 - i
+        y, state = undo(k, y, state)
+        start = k % every == 0
+        j = k // every
+        stored = jtu.tree_map(lambda c: c[j], checkpoints)
+        drift = relative_drift((y, state), stored, end)
+        drifts = drifts.at[j].set(jnp.where(start, drift, drifts[j]))
+        y, state = jtu.tree_map(lambda a, b: jnp.where(start, b, a), (y, state), stored)
+        return (y, state), drifts
+
+    drifts = jnp.zeros(size, dtype=time_dtype)
+    _, drifts = lax.fori_loop(0, num_steps, back, (end, drifts))
+    return drifts

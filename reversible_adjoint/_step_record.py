@@ -31,14 +31,15 @@ then the final time saved by the loop, which is clipped, takes the tangent of th
 final `tprev` instead.
 """
 
+import diffrax
 import equinox as eqx
 import equinox.internal as eqxi
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, PyTree
-
-import diffrax
+import jax.tree_util as jtu
 from diffrax._integrate import _clip_to_end
+from diffrax._solver.base import AbstractWrappedSolver
+from jaxtyping import Array, PyTree
 
 
 def clip_floor(t1):
@@ -59,11 +60,53 @@ class StepRecord(eqx.Module):
     num_accepted: Array
 
 
+class Checkpoints(eqx.Module):
+    """`y` and the solver state after every `every`-th accepted step: entry `j` holds
+    them after step `(j + 1) * every` (counting from 1), for `ceil(max_steps / every)`
+    entries. Non-array leaves of the state are kept once, unstacked."""
+
+    every: int = eqx.field(static=True)
+    states: PyTree
+
+    def write(self, num_accepted, keep, y1, solver_state1):
+        """Stores `(y1, solver_state1)` if an accepted step brings the count of
+        accepted steps from `num_accepted` to a multiple of `every`."""
+        count = num_accepted + 1
+        due = keep & (count % self.every == 0)
+        slot = jnp.maximum(count // self.every - 1, 0)
+
+        def write_leaf(buffer, new):
+            if not eqx.is_array(buffer):
+                return buffer
+            return buffer.at[slot].set(jnp.where(due, new, buffer[slot]))
+
+        states = jtu.tree_map(write_leaf, self.states, (y1, solver_state1))
+        return Checkpoints(self.every, states)
+
+    def read(self, j):
+        """`(y, solver_state)` of entry `j`."""
+        return jtu.tree_map(lambda x: x[j] if eqx.is_array(x) else x, self.states)
+
+
+def init_checkpoints(every, max_steps, y0, solver_state):
+    size = -(-max_steps // every)
+    states = jtu.tree_map(
+        lambda x: (
+            jnp.zeros((size, *jnp.shape(x)), jnp.result_type(x))
+            if eqx.is_array(x)
+            else x
+        ),
+        (y0, solver_state),
+    )
+    return Checkpoints(every, states)
+
+
 class RecordingState(eqx.Module):
     inner: PyTree
     # Tangents of (tprev, tnext, inexact leaves of `inner`), each of shape (D, *shape).
     time_tangents: PyTree
     record: StepRecord
+    checkpoints: Checkpoints | None
 
 
 def _split(controller_state):
@@ -87,6 +130,10 @@ class RecordingController(diffrax.AbstractStepSizeController):
     def adapt_step_size(
         self, t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state
     ):
+        checkpoints = controller_state.checkpoints
+        if checkpoints is not None:
+            # `ReportingSolver` passes the step's new solver state along here.
+            y_error, solver_state1 = y_error
         inner_dynamic, inner_static = _split(controller_state.inner)
 
         def time_map(tprev, tnext, dynamic, loop_t1):
@@ -146,24 +193,39 @@ class RecordingController(diffrax.AbstractStepSizeController):
             new_tangent = jnp.where(keep, step_end_tangent, record.tangents[index])
             record_tangents = record.tangents.at[index].set(new_tangent)
         num_accepted = record.num_accepted + jnp.where(keep, 1, 0)
+        if checkpoints is not None:
+            checkpoints = checkpoints.write(
+                record.num_accepted, keep, y1_candidate, solver_state1
+            )
         record = StepRecord(ts, record_tangents, num_accepted)
 
         state = RecordingState(
             inner=eqx.combine(next_dynamic, next_static),
             time_tangents=tangents,
             record=record,
+            checkpoints=checkpoints,
         )
         return keep, next_tprev, next_tnext, made_jump, state, result
 
 
 def init_recording(
-    controller, t1, tprev, tnext, controller_state, max_steps, tangents, t1_tangent
+    controller,
+    t1,
+    tprev,
+    tnext,
+    controller_state,
+    max_steps,
+    tangents,
+    t1_tangent,
+    checkpoints=None,
 ):
     """Wraps `controller` and its initial state for a recording forward pass.
 
     `tangents` are the initial tangents of `(tprev, tnext, inexact leaves of
     controller_state)` as a tuple, each of shape `(D, *shape)`, or `None` when
-    `D = 0`; `t1_tangent` is the tangent of `t1`, of shape `(D,)`.
+    `D = 0`; `t1_tangent` is the tangent of `t1`, of shape `(D,)`. `checkpoints`
+    (from `init_checkpoints`) also stores states, and then the solver must be wrapped
+    in `ReportingSolver`.
     """
     num_directions = t1_tangent.shape[0]
     time_dtype = jnp.result_type(tprev)
@@ -173,8 +235,50 @@ def init_recording(
         record_tangents = record_tangents.at[0].set(tangents[0])
     record = StepRecord(ts, record_tangents, jnp.array(0, dtype=jnp.int32))
     wrapped = RecordingController(controller, t1, t1_tangent, clip_floor(t1))
-    state = RecordingState(controller_state, tangents, record)
+    state = RecordingState(controller_state, tangents, record, checkpoints)
     return wrapped, state
+
+
+class ReportingSolver(AbstractWrappedSolver):
+    """Wraps a solver so that each step hands its new solver state to the
+    `RecordingController`, alongside the error estimate (the only output of a step
+    that diffrax's loop passes to the step size controller). The solve is otherwise
+    unchanged."""
+
+    solver: diffrax.AbstractSolver
+
+    @property
+    def term_structure(self):
+        return self.solver.term_structure
+
+    @property
+    def interpolation_cls(self):
+        return self.solver.interpolation_cls
+
+    @property
+    def term_compatible_contr_kwargs(self):
+        return self.solver.term_compatible_contr_kwargs
+
+    def order(self, terms):
+        return self.solver.order(terms)
+
+    def strong_order(self, terms):
+        return self.solver.strong_order(terms)
+
+    def error_order(self, terms):
+        return self.solver.error_order(terms)
+
+    def init(self, terms, t0, t1, y0, args):
+        return self.solver.init(terms, t0, t1, y0, args)
+
+    def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
+        y1, y_error, dense_info, solver_state1, result = self.solver.step(
+            terms, t0, t1, y0, args, solver_state, made_jump
+        )
+        return y1, (y_error, solver_state1), dense_info, solver_state1, result
+
+    def func(self, terms, t0, y0, args):
+        return self.solver.func(terms, t0, y0, args)
 
 
 def as_tangent_tuple(tprev, tnext, controller_state):
@@ -182,5 +286,3 @@ def as_tangent_tuple(tprev, tnext, controller_state):
     recording controller pushes forward."""
     dynamic, _ = _split(controller_state)
     return tprev, tnext, dynamic
-
-
