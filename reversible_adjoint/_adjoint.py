@@ -916,6 +916,17 @@ class ReversibleAdjoint(diffrax.AbstractAdjoint):
     [`reversible_adjoint.ReconstructionDriftWarning`][] (default), a run-time error, or
     nothing. Under `jax.vmap` the batch warns once, with its worst drift.
 
+    **Checkpoints.** `checkpoint_every=K` stores `y` and the solver state after every
+    `K`-th accepted step (`ceil(max_steps / K)` states). The backward pass restarts its
+    reconstruction from each stored state, so round-off is amplified over at most `K`
+    steps, and checks the drift at every checkpoint. Gradients are unchanged (to
+    round-off); memory is O(`max_steps / K`) states instead of O(1).
+
+    The check bounds the reconstruction error, not how sensitive the gradient is to
+    it: on a chaotic problem even a small drift can move the gradient (as round-off
+    moves `RecursiveCheckpointAdjoint`'s own gradient there). Checkpoints keep the
+    drift near round-off.
+
     Not supported, with a clear error at trace time: non-reversible solvers,
     `max_steps=None`, `SaveAt(dense=True)` (which stores every step), events,
     `UnsafeBrownianPath`, and controllers that make jumps (`jump_ts`).
@@ -1141,4 +1152,8 @@ ReversibleAdjoint.__init__.__doc__ = """**Arguments:**
     uses the square root of the machine epsilon of the state's floating dtype (1.5e-8
     in float64, 3.5e-4 in float32), which healthy solves stay far below; see
     [`reversible_adjoint.round_trip_error`][] to measure a solve's drift.
+- `checkpoint_every`: store the state after every `checkpoint_every`-th accepted step
+    and restart the reconstruction from there, bounding drift at the cost of
+    `ceil(max_steps / checkpoint_every)` stored states. `None` (default): no
+    checkpoints, O(1) memory.
 """

@@ -99,7 +99,9 @@ def drift_message(measured: str, solver_name: str, rtol: float) -> str:
         f"`ReversibleAdjoint` with {solver_name} reconstructed the start of the solve "
         f"with {measured}, above `drift_rtol={rtol:.1e}`: round-off in the "
         "reconstruction has grown, and the gradient may be inaccurate. To fix it: "
-        "use float64 "
+        "restart the reconstruction from stored states with "
+        "`ReversibleAdjoint(checkpoint_every=...)` (memory: one state per that many "
+        "steps); or use float64 "
         '(`jax.config.update("jax_enable_x64", True)`); take fewer or smaller steps; '
         "use a solver whose inverse amplifies round-off less (`ReversibleHeun`, "
         "`AsynchronousLeapfrog(eta=1)`, or `Reversible(coupling=...)` closer to 1); "

@@ -28,7 +28,10 @@ class Field(eqx.Module):
 
 def make_problem(dtype=jnp.float64):
     W = jnp.array([[0.3, -0.8], [0.5, 0.2]], dtype=dtype)
-    y0 = {"x": jnp.array([1.0, 0.5], dtype=dtype), "v": jnp.array([0.3, -0.2], dtype=dtype)}
+    y0 = {
+        "x": jnp.array([1.0, 0.5], dtype=dtype),
+        "v": jnp.array([0.3, -0.2], dtype=dtype),
+    }
     args = (jnp.array(0.7, dtype=dtype), jnp.array(0.4, dtype=dtype))
     return diffrax.ODETerm(Field(W)), y0, args
 
@@ -36,7 +39,10 @@ def make_problem(dtype=jnp.float64):
 def readout(ys):
     """A nonlinear scalar loss of the saved values (every leaf, every entry)."""
     leaves = jtu.tree_leaves(ys)
-    return sum(jnp.sum(jnp.sin(1.0 + 0.1 * jnp.arange(l.size).reshape(l.shape)) * l**2) for l in leaves)
+    return sum(
+        jnp.sum(jnp.sin(1.0 + 0.1 * jnp.arange(x.size).reshape(x.shape)) * x**2)
+        for x in leaves
+    )
 
 
 def max_relative_error(got, want):
@@ -56,7 +62,9 @@ def assert_nonzero(tree):
 
 
 def mlp_term(key, size=3, dtype=jnp.float64):
-    mlp = eqx.nn.MLP(size + 1, size, width_size=8, depth=2, activation=jnp.tanh, key=key, dtype=dtype)
+    mlp = eqx.nn.MLP(
+        size + 1, size, width_size=8, depth=2, activation=jnp.tanh, key=key, dtype=dtype
+    )
 
     class MLPField(eqx.Module):
         mlp: eqx.nn.MLP
@@ -71,31 +79,39 @@ def random_key(seed=0):
     return jr.PRNGKey(seed)
 
 
-@eqx.filter_jit
-def round_trip(solver, terms, ts, y0, args):
-    """Steps `solver` forward over the grid `ts`, then undoes every step with
-    `backward_step`. Returns `(y0, state0)` reconstructed, `(y0, state0)` as they
-    were, and `(y1, state1)` at the end of the grid."""
-    num_steps = len(ts) - 1
-    state0 = solver.init(terms, ts[0], ts[1], y0, args)
+def round_trip_error_on_grid(solver, terms, ts, y0, args):
+    """`reversible_adjoint.round_trip_error` of `solver` stepping over the grid `ts`
+    (`StepTo(ts)`, one step per interval): forward with `diffeqsolve`, then every step
+    undone with `backward_step`. The relative reconstruction error, as a float."""
+    error = ra.round_trip_error(
+        terms,
+        solver,
+        ts[0],
+        ts[-1],
+        None,
+        y0,
+        args,
+        stepsize_controller=diffrax.StepTo(ts),
+        max_steps=len(ts) - 1,
+    )
+    return float(error)
 
-    def forward(i, carry):
-        y, state = carry
-        y, _, _, state, _ = solver.step(terms, ts[i], ts[i + 1], y, args, state, False)
-        return y, state
 
-    def backward(i, carry):
-        y, state = carry
-        k = num_steps - 1 - i
-        kwargs = {}
-        if solver.needs_previous_time:
-            kwargs["t_previous"] = ts[jnp.maximum(k - 1, 0)]
-        return solver.backward_step(terms, ts[k], ts[k + 1], y, args, state, False, **kwargs)
-
-    end = jax.lax.fori_loop(0, num_steps, forward, (y0, state0))
-    start = jax.lax.fori_loop(0, num_steps, backward, end)
-    return start, (y0, state0), end
-
+def solve_on_grid(solver, terms, ts, y0, args):
+    """The forward solve of `round_trip_error_on_grid`, saving `y1` and the final
+    solver state."""
+    return diffrax.diffeqsolve(
+        terms,
+        solver,
+        ts[0],
+        ts[-1],
+        None,
+        y0,
+        args,
+        saveat=diffrax.SaveAt(t1=True, solver_state=True),
+        stepsize_controller=diffrax.StepTo(ts),
+        max_steps=len(ts) - 1,
+    )
 
 
 def count_primitives(jaxpr, name):
@@ -116,8 +132,15 @@ def sinh_vector_field(t, y, args):
 
 def sinh_loss(solver, adjoint, y0, args):
     sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(sinh_vector_field), solver, 0.0, 2.0, 0.05, y0, args=args,
-        saveat=diffrax.SaveAt(t1=True), adjoint=adjoint,
+        diffrax.ODETerm(sinh_vector_field),
+        solver,
+        0.0,
+        2.0,
+        0.05,
+        y0,
+        args=args,
+        saveat=diffrax.SaveAt(t1=True),
+        adjoint=adjoint,
     )
     return readout(sol.ys)
 
@@ -162,13 +185,25 @@ def solve_constant_or_step_to(
     if controller_name == "constant":
         controller = diffrax.ConstantStepSize()
     else:
-        controller, dt0 = diffrax.StepTo(jnp.concatenate([t0[None], grid, t1[None]])), None
+        controller, dt0 = (
+            diffrax.StepTo(jnp.concatenate([t0[None], grid, t1[None]])),
+            None,
+        )
     saveat = diffrax.SaveAt(
         subs=[diffrax.SubSaveAt(ts=ts, t1=True), diffrax.SubSaveAt(steps=True)]
     )
     return diffrax.diffeqsolve(
-        terms, solver, t0, t1, dt0, y0, args=args, saveat=saveat,
-        stepsize_controller=controller, adjoint=adjoint, max_steps=64,
+        terms,
+        solver,
+        t0,
+        t1,
+        dt0,
+        y0,
+        args=args,
+        saveat=saveat,
+        stepsize_controller=controller,
+        adjoint=adjoint,
+        max_steps=64,
     )
 
 
@@ -190,11 +225,15 @@ def observed_orders(solver, ns):
     steps for each `n` in `ns`), on y' = t·[[0, −1], [1, 0]]·y over [0, 2], whose
     solution is y = (cos(t²/2), sin(t²/2))."""
     term = diffrax.ODETerm(lambda t, y, args: t * jnp.stack([-y[1], y[0]]))
-    exact = lambda t: jnp.array([jnp.cos(t**2 / 2), jnp.sin(t**2 / 2)])
+
+    def exact(t):
+        return jnp.array([jnp.cos(t**2 / 2), jnp.sin(t**2 / 2)])
 
     @jax.jit
     def error(dt0):
-        sol = diffrax.diffeqsolve(term, solver, 0.0, 2.0, dt0, exact(0.0), max_steps=max(ns))
+        sol = diffrax.diffeqsolve(
+            term, solver, 0.0, 2.0, dt0, exact(0.0), max_steps=max(ns)
+        )
         return jnp.max(jnp.abs(sol.ys[-1] - exact(2.0)))
 
     errors = [error(2.0 / n) for n in ns]
@@ -212,7 +251,9 @@ def check_parity_constant_or_step_to(inputs, solver, controller_name, names, rto
     @eqx.filter_jit
     @eqx.filter_grad
     def grad(inputs, adjoint):
-        return _readout_ys_ts(solve_constant_or_step_to(inputs, solver, controller_name, adjoint))
+        return _readout_ys_ts(
+            solve_constant_or_step_to(inputs, solver, controller_name, adjoint)
+        )
 
     want = grad(inputs, diffrax.RecursiveCheckpointAdjoint())
     got = grad(inputs, ra.ReversibleAdjoint())
@@ -232,7 +273,9 @@ def check_step_to_grid_gradient(inputs, solver, rtol):
     @eqx.filter_jit
     @eqx.filter_grad
     def grad(grid, adjoint):
-        return _readout_ys_ts(solve_constant_or_step_to(inputs, solver, "stepto", adjoint, grid))
+        return _readout_ys_ts(
+            solve_constant_or_step_to(inputs, solver, "stepto", adjoint, grid)
+        )
 
     want = grad(STEP_TO_INTERIOR, diffrax.RecursiveCheckpointAdjoint())
     got = grad(STEP_TO_INTERIOR, ra.ReversibleAdjoint())

@@ -14,10 +14,9 @@ from .helpers import (
     make_problem,
     max_relative_error,
     observed_orders,
-    round_trip,
+    round_trip_error_on_grid,
     solve_constant_or_step_to,
 )
-
 
 RTOL = 1e-8
 SOLVERS = [ra.LeapfrogMidpoint(), diffrax.LeapfrogMidpoint()]
@@ -52,11 +51,13 @@ def test_step_to_grid_gradient(solver):
 
 
 def test_matches_diffrax():
-    """Forward: bit-for-bit the numbers of `diffrax.LeapfrogMidpoint`, state included."""
+    """Forward: bit-for-bit the numbers of `diffrax.LeapfrogMidpoint`, state
+    included."""
     for controller_name in ["constant", "stepto"]:
         inputs = _inputs()
         sols = [
-            solve_constant_or_step_to(inputs, solver, controller_name).ys for solver in SOLVERS
+            solve_constant_or_step_to(inputs, solver, controller_name).ys
+            for solver in SOLVERS
         ]
         assert max_relative_error(sols[0], sols[1]) == 0
 
@@ -67,10 +68,13 @@ def test_round_trip(grid):
     term, y0, args = make_problem()
     u = jnp.linspace(0.0, 1.0, 1001)
     # Steps between 0.5 and 1.5 times the mean, varying from step to step.
-    ts = 10.0 * u if grid == "uniform" else 10.0 * (u + 0.5 * jnp.sin(40 * jnp.pi * u) / (40 * jnp.pi))
+    ts = (
+        10.0 * u
+        if grid == "uniform"
+        else 10.0 * (u + 0.5 * jnp.sin(40 * jnp.pi * u) / (40 * jnp.pi))
+    )
     assert (grid == "uniform") == bool(jnp.allclose(jnp.diff(ts), 0.01))
-    got, want, _ = round_trip(ra.LeapfrogMidpoint(), term, ts, y0, args)
-    assert max_relative_error(got, want) < 1e-12
+    assert round_trip_error_on_grid(ra.LeapfrogMidpoint(), term, ts, y0, args) < 1e-12
 
 
 def test_backward_step_needs_previous_time():
@@ -80,9 +84,13 @@ def test_backward_step_needs_previous_time():
     assert solver.needs_previous_time
     state = (0.0, y0)
     y1, _, _, state1, _ = solver.step(term, 0.1, 0.3, y0, args, (0.0, y0), False)
-    y_inv, state_inv = solver.backward_step(term, 0.1, 0.3, y1, args, state1, False, t_previous=0.0)
+    y_inv, state_inv = solver.backward_step(
+        term, 0.1, 0.3, y1, args, state1, False, t_previous=0.0
+    )
     assert max_relative_error((y_inv, state_inv), (y0, state)) < 1e-15
-    _, (_, ym1_wrong) = solver.backward_step(term, 0.1, 0.3, y1, args, state1, False, t_previous=-0.1)
+    _, (_, ym1_wrong) = solver.backward_step(
+        term, 0.1, 0.3, y1, args, state1, False, t_previous=-0.1
+    )
     assert max_relative_error(ym1_wrong, y0) > 1e-3
 
 
@@ -98,7 +106,13 @@ def test_adaptive_steps_refused(solver):
     term, y0, args = make_problem()
     with pytest.raises(RuntimeError, match="adaptive step sizes.*error estimates"):
         diffrax.diffeqsolve(
-            term, solver, 0.0, 1.0, 0.1, y0, args=args,
+            term,
+            solver,
+            0.0,
+            1.0,
+            0.1,
+            y0,
+            args=args,
             stepsize_controller=diffrax.PIDController(rtol=1e-3, atol=1e-6),
             adjoint=ra.ReversibleAdjoint(),
         )
