@@ -379,6 +379,15 @@ def _reversible_loop_fwd(perturbed, inputs, *, static):
 
 
 
+_REVERSE_OVER_REVERSE = (
+    "`ReversibleAdjoint`'s backward pass cannot itself be differentiated in reverse "
+    "mode (`jax.grad` of `jax.grad`): it is a `lax.while_loop` over a number of steps "
+    "known only at run time (as is `diffrax.RecursiveCheckpointAdjoint`'s). Use "
+    "forward-over-reverse instead: `jax.hessian`, `jax.jacfwd(jax.grad(...))`, or "
+    "Hessian-vector products as `jax.jvp(jax.grad(f), (x,), (v,))`."
+)
+
+
 class _DriftRecord(eqx.Module):
     """The worst drift measured so far in the backward pass, the number of steps
     reconstructed when it was measured, and the step from which the reconstruction
@@ -762,6 +771,10 @@ def _reversible_loop_bwd(residuals, grad_out, perturbed, inputs, *, static):
         subs=ct_subs,
         step_to=_step_to_cotangent(step_to, a_grid),
     )
+    # Forward-over-reverse (`jax.hessian`, `jax.jvp` of `jax.grad`) differentiates
+    # this backward pass in forward mode, which works. Reverse-over-reverse would
+    # transpose its `while_loop`, which JAX cannot do: say so clearly.
+    cts = eqxi.nondifferentiable_backward(cts, msg=_REVERSE_OVER_REVERSE)
     adjoint = static.adjoint
     return check_drift(
         cts,

@@ -36,6 +36,7 @@ def round_trip_error(
     stepsize_controller: diffrax.AbstractStepSizeController = _CONSTANT,
     max_steps: int = 4096,
     checkpoint_every: int | None = None,
+    throw: bool = True,
 ) -> Array:
     """Solves forward with [`diffrax.diffeqsolve`][], undoes every step with the
     solver's exact inverse, and returns the relative error of the reconstructed
@@ -49,6 +50,8 @@ def round_trip_error(
     - `terms`, `solver`, `t0`, `t1`, `dt0`, `y0`, `args`, `stepsize_controller`,
         `max_steps`: as for `diffrax.diffeqsolve`. `solver` must be algebraically
         reversible, as for `ReversibleAdjoint`.
+    - `throw`: as for `diffrax.diffeqsolve`: whether a solve that fails (e.g. runs
+        out of `max_steps`) raises. With `False`, the steps taken are measured.
     - `checkpoint_every`: as for `ReversibleAdjoint`: the reconstruction restarts
         from the true state after every `checkpoint_every` steps, and the drift of
         each stretch is measured separately.
@@ -81,7 +84,7 @@ def round_trip_error(
         saveat=saveat,
         stepsize_controller=stepsize_controller,
         max_steps=max_steps,
-        throw=False,
+        throw=throw,
     )
     step_ends, _ = sol.ys
     num_steps = sol.stats["num_accepted_steps"]
