@@ -107,6 +107,11 @@ def _supported_solvers():
     return ", ".join(names)
 
 
+def _state_dtype(y0):
+    leaves = [x for x in jtu.tree_leaves(y0) if eqx.is_inexact_array(x)]
+    return jnp.result_type(*leaves) if leaves else jnp.result_type(float)
+
+
 def _solver_name(solver) -> str:
     if isinstance(solver, Reversible):
         base = type(solver.solver).__name__
@@ -375,8 +380,6 @@ def _reversible_loop_fwd(perturbed, inputs, *, static):
 #
 # The backward pass.
 #
-
-
 
 
 _REVERSE_OVER_REVERSE = (
@@ -783,6 +786,7 @@ def _reversible_loop_bwd(residuals, grad_out, perturbed, inputs, *, static):
         on_drift=adjoint.on_drift,
         rtol=adjoint.rtol_for(inputs["y0"]),
         solver_name=_solver_name(static.solver),
+        dtype=_state_dtype(inputs["y0"]),
     )
 
 
@@ -992,9 +996,7 @@ class ReversibleAdjoint(diffrax.AbstractAdjoint):
         the square root of the machine epsilon of its floating dtype."""
         if self.drift_rtol is not None:
             return self.drift_rtol
-        leaves = [x for x in jtu.tree_leaves(y0) if eqx.is_inexact_array(x)]
-        dtype = jnp.result_type(*leaves) if leaves else jnp.result_type(float)
-        return default_drift_rtol(dtype)
+        return default_drift_rtol(_state_dtype(y0))
 
     def loop(
         self,

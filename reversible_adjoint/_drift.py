@@ -93,17 +93,20 @@ def relative_drift(reconstructed: PyTree, true: PyTree, end: PyTree) -> Array:
     return jnp.where(jnp.isnan(drift), jnp.inf, drift)
 
 
-def drift_message(measured: str, solver_name: str, rtol: float) -> str:
+def drift_message(measured: str, solver_name: str, rtol: float, dtype) -> str:
     """What the warning and the error say; `measured` is, for example, "a relative
-    error of 3.1e-02 after 10000 steps"."""
+    error of 3.1e-02 after 10000 steps"; `dtype` is the state's."""
+    if jnp.finfo(dtype).bits < 64:
+        precision = 'use float64 (`jax.config.update("jax_enable_x64", True)`); '
+    else:
+        precision = ""
     return (
         f"`ReversibleAdjoint` with {solver_name} reconstructed the start of the solve "
         f"with {measured}, above `drift_rtol={rtol:.1e}`: round-off in the "
         "reconstruction has grown, and the gradient may be inaccurate. To fix it: "
         "restart the reconstruction from stored states with "
         "`ReversibleAdjoint(checkpoint_every=...)` (memory: one state per that many "
-        "steps); or use float64 "
-        '(`jax.config.update("jax_enable_x64", True)`); take fewer or smaller steps; '
+        f"steps); {precision}take fewer or smaller steps; "
         "use a solver whose inverse amplifies round-off less (`ReversibleHeun`, "
         "`AsynchronousLeapfrog(eta=1)`, or `Reversible(coupling=...)` closer to 1); "
         "or use `adjoint=diffrax.RecursiveCheckpointAdjoint()`. "
@@ -120,6 +123,7 @@ def check_drift(
     on_drift: Literal["warn", "raise", "ignore"],
     rtol: float,
     solver_name: str,
+    dtype,
 ) -> PyTree:
     """Acts on a measured `drift` as `on_drift` says, and returns `x`, which the
     error of `on_drift="raise"` is attached to.
@@ -137,7 +141,7 @@ def check_drift(
         drift = float(drift)
         if drift > rtol:
             measured = f"a relative error of {drift:.1e} after {int(num_steps)} steps"
-            message = drift_message(measured, solver_name, rtol)
+            message = drift_message(measured, solver_name, rtol, dtype)
             warnings.warn(ReconstructionDriftWarning(message), stacklevel=2)
 
     if on_drift == "warn":
@@ -145,7 +149,7 @@ def check_drift(
         return x
     if on_drift == "raise":
         measured = "a relative error (`on_drift='warn'` reports its size)"
-        message = drift_message(measured, solver_name, rtol)
+        message = drift_message(measured, solver_name, rtol, dtype)
         return eqx.error_if(x, drift > rtol, message)
     raise ValueError(
         f"`on_drift` must be 'warn', 'raise' or 'ignore', but got {on_drift!r}."
