@@ -49,11 +49,18 @@ from diffrax._term import WrapTerm
 
 from ._adjoint_term import (
     AdjointTerm,
+    add_cotangents as _add,
     filter_vjp,
     materialise as _materialise,
     zeros_like_inexact as _zeros_like_inexact,
 )
-from ._drift import check_drift, default_drift_rtol, relative_drift
+from ._drift import (
+    check_drift,
+    default_drift_rtol,
+    larger,
+    magnitudes,
+    relative_drift,
+)
 from ._save_layout import SaveLayout
 from ._solver.base import AbstractReversibleSolver
 from ._solver.leapfrog_midpoint import LeapfrogMidpoint
@@ -107,9 +114,13 @@ def _supported_solvers():
     return ", ".join(names)
 
 
-def _state_dtype(y0):
-    leaves = [x for x in jtu.tree_leaves(y0) if eqx.is_inexact_array(x)]
-    return jnp.result_type(*leaves) if leaves else jnp.result_type(float)
+def _narrowest_dtype(y0):
+    """The floating dtype of the least precise leaf of `y0`: the one whose round-off
+    sets the scale of the drift."""
+    dtypes = [jnp.result_type(x) for x in jtu.tree_leaves(y0) if eqx.is_inexact_array(x)]
+    if not dtypes:
+        return jnp.result_type(float)
+    return max(dtypes, key=lambda dtype: jnp.finfo(dtype).eps)
 
 
 def _solver_name(solver) -> str:
@@ -133,16 +144,6 @@ def as_reversible(solver) -> AbstractReversibleSolver:
             "`adjoint=diffrax.RecursiveCheckpointAdjoint()`."
         )
     return reversible()
-
-
-def _add(a, b):
-    """Sum of two cotangents of the same structure; `None` leaves are zeros."""
-    return jtu.tree_map(
-        lambda x, y: x if y is None else (y if x is None else x + y),
-        a,
-        b,
-        is_leaf=_is_none,
-    )
 
 
 def _mask(tree, keep):
@@ -392,26 +393,38 @@ _REVERSE_OVER_REVERSE = (
 
 
 class _DriftRecord(eqx.Module):
-    """The worst drift measured so far in the backward pass, the number of steps
-    reconstructed when it was measured, and the step from which the reconstruction
-    now runs (the end of the solve, or the last checkpoint it restarted from)."""
+    """What the drift check needs from the backward loop: the worst drift measured
+    so far and over how many steps it grew, the step from which the reconstruction
+    now runs (the end of the solve, or the last checkpoint it restarted from), and
+    the largest magnitudes of `y` and of the solver state seen so far (the scale of
+    `relative_drift`)."""
 
     worst: Array
     steps: Array
     restart: Array
+    scales: tuple
 
     @staticmethod
-    def init(num_accepted, dtype):
+    def init(num_accepted, end):
+        scales = magnitudes(end)
+        dtype = jnp.result_type(*[x for x in scales if x is not None], jnp.float32)
         zero = jnp.zeros((), dtype)
-        return _DriftRecord(zero, jnp.zeros((), jnp.int32), num_accepted)
+        return _DriftRecord(zero, jnp.zeros((), jnp.int32), num_accepted, scales)
 
-    def add(self, drift, steps):
-        drift = drift.astype(self.worst.dtype)
+    def seen(self, state):
+        """Takes the reconstructed `state = (y, solver_state)` into the scales."""
+        return eqx.tree_at(lambda r: r.scales, self, larger(self.scales, magnitudes(state)))
+
+    def measure(self, reconstructed, true, restart=None):
+        """Measures the drift of `reconstructed` against `true`, reconstructed since
+        `self.restart`; the reconstruction then runs from `restart` (if given)."""
+        drift = relative_drift(reconstructed, true, self.scales).astype(self.worst.dtype)
         worse = drift > self.worst
         return _DriftRecord(
             jnp.where(worse, drift, self.worst),
-            jnp.where(worse, steps, self.steps),
-            self.restart,
+            jnp.where(worse, self.restart - (0 if restart is None else restart), self.steps),
+            self.restart if restart is None else restart,
+            self.scales,
         )
 
 
@@ -421,6 +434,17 @@ def _reversible_loop_bwd(residuals, grad_out, perturbed, inputs, *, static):
         residuals
     )
     grad_state, _ = grad_out
+    end = (y_final, solver_state_final)
+    adjoint = static.adjoint
+    if adjoint.on_drift == "ignore":
+        checking = None
+    else:
+        checking = dict(
+            on_drift=adjoint.on_drift,
+            rtol=adjoint.rtol_for(inputs["y0"]),
+            solver_name=_solver_name(static.solver),
+            dtype=_narrowest_dtype(inputs["y0"]),
+        )
     args = inputs["args"]
     terms = inputs["terms"]
     adjoint_term = static.adjoint_term
@@ -626,15 +650,10 @@ def _reversible_loop_bwd(residuals, grad_out, perturbed, inputs, *, static):
     def restart(k, y1, state1, drift):
         """At a checkpoint (after accepted step `k + 1`): measure the drift of the
         reconstruction so far, and carry on from the stored state instead."""
-        j = (k + 1) // checkpoints.every - 1
-        stored = checkpoints.read(j)
-        segment = drift.restart - (k + 1)
-        drift = drift.add(
-            relative_drift((y1, state1), stored, (y_final, solver_state_final)),
-            segment,
-        )
-        y1, state1 = stored
-        return y1, state1, _DriftRecord(drift.worst, drift.steps, k + 1)
+        stored = checkpoints.read((k + 1) // checkpoints.every - 1)
+        if drift is not None:
+            drift = drift.measure((y1, state1), stored, restart=k + 1)
+        return (*stored, drift)
 
     def body_fun(carry):
         (
@@ -684,6 +703,8 @@ def _reversible_loop_bwd(residuals, grad_out, perturbed, inputs, *, static):
         a_args_terms = _add(a_args_terms, (ct_args, ct_terms))
         a_y = _materialise(ct_y0, y0)
         a_state = _materialise(ct_state0, state0)
+        if drift is not None:
+            drift = drift.seen((y0, state0))
         return (
             k - 1, y0, state0, a_y, a_state, a_args_terms, a_time, a_subs, term_carry,
             drift,
@@ -699,20 +720,14 @@ def _reversible_loop_bwd(residuals, grad_out, perturbed, inputs, *, static):
         a_time,
         a_subs,
         term_carry,
-        _DriftRecord.init(num_accepted, rec_ts.dtype),
+        None if checking is None else _DriftRecord.init(num_accepted, end),
     )
     carry = lax.while_loop(lambda c: c[0] >= 0, body_fun, carry)
     (_, y_rec, state_rec, a_y, a_state, a_args_terms, a_time, a_subs, _, drift) = carry
     a_theta, a_grid = a_time
-    # The reconstruction has come back to where the solve began: its drift.
-    drift = drift.add(
-        relative_drift(
-            (y_rec, state_rec),
-            (inputs["y0"], inputs["solver_state"]),
-            (y_final, solver_state_final),
-        ),
-        drift.restart,
-    )
+    if drift is not None:
+        # The reconstruction has come back to where the solve began: its drift.
+        drift = drift.measure((y_rec, state_rec), (inputs["y0"], inputs["solver_state"]))
 
     #
     # Values saved at the start: `SaveAt(t0=True)`, and `SaveAt(ts=...)` when
@@ -778,16 +793,9 @@ def _reversible_loop_bwd(residuals, grad_out, perturbed, inputs, *, static):
     # this backward pass in forward mode, which works. Reverse-over-reverse would
     # transpose its `while_loop`, which JAX cannot do: say so clearly.
     cts = eqxi.nondifferentiable_backward(cts, msg=_REVERSE_OVER_REVERSE)
-    adjoint = static.adjoint
-    return check_drift(
-        cts,
-        drift.worst,
-        drift.steps,
-        on_drift=adjoint.on_drift,
-        rtol=adjoint.rtol_for(inputs["y0"]),
-        solver_name=_solver_name(static.solver),
-        dtype=_state_dtype(inputs["y0"]),
-    )
+    if checking is None:
+        return cts
+    return check_drift(cts, drift.worst, drift.steps, **checking)
 
 
 def _step_to_cotangent(step_to, a_grid):
@@ -841,6 +849,9 @@ class _HoistedTerm(diffrax.AbstractTerm):
     def vf(self, t, y, args):
         return self.converted_vf(t, y, args)
 
+    def is_vf_expensive(self, t0, t1, y, args):
+        return self.term.is_vf_expensive(t0, t1, y, args)
+
     def contr(self, t0, t1, **kwargs):
         return self.term.contr(t0, t1, **kwargs)
 
@@ -891,7 +902,9 @@ def _hoist_closures(terms, solver, t0, t1, y0, args, solver_state):
             vector_field = eqx.filter_closure_convert(term.vector_field, *inputs[i])
             return eqx.tree_at(lambda tm: tm.vector_field, term, vector_field)
         converted = eqx.filter_closure_convert(term.vf, *inputs[i])
-        return _HoistedTerm(term, converted) if _has_tracers(converted.consts) else term
+        # (A function that closes over nothing is not converted: no `consts`.)
+        closed_over = getattr(converted, "consts", ())
+        return _HoistedTerm(term, converted) if _has_tracers(closed_over) else term
 
     return jtu.tree_unflatten(treedef, [hoist(i, x) for i, x in enumerate(leaves)])
 
@@ -996,7 +1009,7 @@ class ReversibleAdjoint(diffrax.AbstractAdjoint):
         the square root of the machine epsilon of its floating dtype."""
         if self.drift_rtol is not None:
             return self.drift_rtol
-        return default_drift_rtol(_state_dtype(y0))
+        return default_drift_rtol(_narrowest_dtype(y0))
 
     def loop(
         self,

@@ -52,7 +52,7 @@ def zeros_like_inexact(tree):
     )
 
 
-def _add_or_none(a, b):
+def add_cotangents(a, b):
     """Sum of two cotangents of the same structure, `None` leaves being zeros."""
     if a is None:
         return b
@@ -465,12 +465,12 @@ class AdjointTerm(eqx.Module):
                 cts = step_pullback((ct_y1, ct_solver_state1))
             *cts, ct_control = cts
             ct_y0_step, ct_state0, ct_t0, ct_t1, ct_args, ct_terms = cts
-            ct_y0 = _add_or_none(ct_y0_step, ct_y0)
+            ct_y0 = add_cotangents(ct_y0_step, ct_y0)
             if control_pullback is not None:
                 c_t0, c_t1, c_terms = control_pullback(ct_control)
-                ct_t0 = _add_or_none(ct_t0, c_t0)
-                ct_t1 = _add_or_none(ct_t1, c_t1)
-                ct_terms = _add_or_none(ct_terms, c_terms)
+                ct_t0 = add_cotangents(ct_t0, c_t0)
+                ct_t1 = add_cotangents(ct_t1, c_t1)
+                ct_terms = add_cotangents(ct_terms, c_terms)
             if settles:
                 # Settle the previous step's last evaluation, made at `(t0, ...)`.
                 s_state0, s_t0, s_args, s_terms = self._settle(
@@ -485,10 +485,10 @@ class AdjointTerm(eqx.Module):
                     (value0, pullback0),
                     jnp.logical_not(is_first),
                 )
-                ct_state0 = _add_or_none(ct_state0, s_state0)
-                ct_t0 = _add_or_none(ct_t0, s_t0 if with_time else None)
-                ct_args = _add_or_none(ct_args, s_args)
-                ct_terms = _add_or_none(ct_terms, s_terms)
+                ct_state0 = add_cotangents(ct_state0, s_state0)
+                ct_t0 = add_cotangents(ct_t0, s_t0 if with_time else None)
+                ct_args = add_cotangents(ct_args, s_args)
+                ct_terms = add_cotangents(ct_terms, s_terms)
             return ct_y0, ct_state0, ct_t0, ct_t1, ct_args, ct_terms
 
         return y0, solver_state0, dense_info, pullback_fn, carry0

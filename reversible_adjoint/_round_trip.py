@@ -10,12 +10,13 @@ from diffrax._term import WrapTerm
 from jaxtyping import Array, ArrayLike, PyTree
 
 from ._adjoint import as_reversible
-from ._drift import relative_drift
+from ._drift import larger, magnitudes, relative_drift
 
 _CONSTANT = diffrax.ConstantStepSize()
 
 
-def _is_leaf_term(x):
+def _wrapped_by_diffrax(x):
+    """The terms diffrax wraps in `WrapTerm` for the direction of time."""
     return isinstance(x, diffrax.AbstractTerm) and not isinstance(x, diffrax.MultiTerm)
 
 
@@ -96,7 +97,7 @@ def round_trip_error(
     # terms wrapped to match.
     direction = jnp.where(t0 < t1, 1, -1)
     wrapped = jtu.tree_map(
-        lambda term: WrapTerm(term, direction), terms, is_leaf=_is_leaf_term
+        lambda term: WrapTerm(term, direction), terms, is_leaf=_wrapped_by_diffrax
     )
     time_dtype = step_ends.dtype
     times = direction * jnp.concatenate(
@@ -116,10 +117,13 @@ def round_trip_error(
     if checkpoint_every is None:
 
         def body(i, carry):
-            return undo(num_steps - 1 - i, *carry)
+            state, scales = carry
+            state = undo(num_steps - 1 - i, *state)
+            return state, larger(scales, magnitudes(state))
 
-        y_rec, state_rec = lax.fori_loop(0, num_steps, body, (y1, state1))
-        return relative_drift((y_rec, state_rec), (y0, state0), (y1, state1))
+        init = ((y1, state1), magnitudes((y1, state1)))
+        reconstructed, scales = lax.fori_loop(0, num_steps, body, init)
+        return relative_drift(reconstructed, (y0, state0), scales)
 
     # Step forward again over the same times, storing every `K`-th state, then undo
     # the steps stretch by stretch.
@@ -146,17 +150,19 @@ def round_trip_error(
     end, checkpoints = lax.fori_loop(0, num_steps, step, ((y0, state0), checkpoints))
 
     def back(i, carry):
-        (y, state), drifts = carry
+        (y, state), scales, drifts = carry
         k = num_steps - 1 - i
         y, state = undo(k, y, state)
+        scales = larger(scales, magnitudes((y, state)))
         start = k % every == 0
         j = k // every
         stored = jtu.tree_map(lambda c: c[j], checkpoints)
-        drift = relative_drift((y, state), stored, end)
+        drift = relative_drift((y, state), stored, scales)
         drifts = drifts.at[j].set(jnp.where(start, drift, drifts[j]))
         y, state = jtu.tree_map(lambda a, b: jnp.where(start, b, a), (y, state), stored)
-        return (y, state), drifts
+        return (y, state), scales, drifts
 
     drifts = jnp.zeros(size, dtype=time_dtype)
-    _, drifts = lax.fori_loop(0, num_steps, back, (end, drifts))
+    init = (end, magnitudes(end), drifts)
+    _, _, drifts = lax.fori_loop(0, num_steps, back, init)
     return drifts

@@ -259,3 +259,53 @@ def test_round_trip_error_flags_a_blow_up():
         )
     )
     assert drifts == [(jnp.inf, 2000)]
+
+
+def test_no_false_alarm_for_a_solution_through_zero():
+    """`y' = 100 cos t` from `y(0) = 0` over a period ends at zero again: its drift is
+    measured against the whole trajectory's scale, not its (zero) ends."""
+    term = diffrax.ODETerm(lambda t, y, args: args * jnp.cos(t) * jnp.ones_like(y))
+
+    def loss(args, adjoint):
+        sol = diffrax.diffeqsolve(
+            term,
+            ra.ReversibleHeun(),
+            0.0,
+            2 * jnp.pi,
+            0.01,
+            jnp.zeros(2),
+            args=args,
+            saveat=diffrax.SaveAt(ts=jnp.array([1.0, 2 * jnp.pi])),
+            adjoint=adjoint,
+            max_steps=1000,
+        )
+        return jnp.sum(jnp.sin(sol.ys))
+
+    got, drifts = _recorded(lambda: jax.grad(loss)(100.0, ra.ReversibleAdjoint()))
+    assert drifts == []
+    measured = ra.round_trip_error(
+        term, ra.ReversibleHeun(), 0.0, 2 * jnp.pi, 0.01, jnp.zeros(2), 100.0
+    )
+    assert measured < 1e-13
+    want = jax.grad(loss)(100.0, diffrax.RecursiveCheckpointAdjoint())
+    assert abs(got - want) < 1e-10 * abs(want)
+
+
+def test_empty_and_mixed_precision_leaves():
+    """An empty leaf is ignored; the tolerance follows the least precise leaf."""
+    term = diffrax.ODETerm(lambda t, y, args: {"a": -args * y["a"], "b": y["b"]})
+    y0 = {"a": jnp.array([1.0, 2.0]), "b": jnp.zeros((0,))}
+
+    def loss(args, adjoint):
+        sol = diffrax.diffeqsolve(
+            term, ra.ReversibleHeun(), 0.0, 1.0, 0.1, y0, args=args, adjoint=adjoint
+        )
+        return jnp.sum(sol.ys["a"] ** 2)
+
+    want = jax.grad(loss)(0.5, diffrax.RecursiveCheckpointAdjoint())
+    got = jax.grad(loss)(0.5, ra.ReversibleAdjoint())
+    assert abs(got - want) < 1e-12 * abs(want)
+    mixed = {"a": jnp.zeros(2, jnp.float32), "b": jnp.zeros(2, jnp.float64)}
+    assert ra.ReversibleAdjoint().rtol_for(mixed) == pytest.approx(
+        float(jnp.finfo(jnp.float32).eps) ** 0.5
+    )

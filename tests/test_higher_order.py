@@ -52,6 +52,16 @@ def test_hessian_matches_rca(solver, saveat):
     assert max_relative_error(got, want) < 1e-10
 
 
+def test_hessian_with_checkpoints():
+    solver, saveat = ra.ReversibleHeun(), diffrax.SaveAt(steps=3, t1=True)
+    rca = diffrax.RecursiveCheckpointAdjoint()
+    want = jax.hessian(_loss)(PARAMS, rca, solver, saveat)
+    got = jax.hessian(_loss)(
+        PARAMS, ra.ReversibleAdjoint(checkpoint_every=4), solver, saveat
+    )
+    assert max_relative_error(got, want) < 1e-10
+
+
 @pytest.mark.parametrize(
     "solver", [ra.ReversibleHeun(), ra.AsynchronousLeapfrog()], ids=["RH", "ALF"]
 )
