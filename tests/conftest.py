@@ -1,7 +1,18 @@
 import jax
+import pytest
 
 
 jax.config.update("jax_enable_x64", True)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _free_compiled_programs():
+    """Frees each test module's compiled programs when it ends. Every compiled CPU
+    program holds memory mappings, and one process running the whole suite would
+    otherwise reach the kernel's limit on them (`vm.max_map_count`, 65530 here) and
+    abort inside XLA's compiler."""
+    yield
+    jax.clear_caches()
 
 
 def pytest_collection_finish(session):
