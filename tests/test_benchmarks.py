@@ -5,6 +5,8 @@ import json
 import pathlib
 import sys
 
+import pytest
+
 
 BENCHMARKS = pathlib.Path(__file__).parent.parent / "benchmarks"
 
@@ -20,6 +22,7 @@ def _load(name):
     return module
 
 
+@pytest.mark.slow
 def test_quick_benchmark(tmp_path, capsys):
     _load("adjoints").main(["--quick", "--output", str(tmp_path)])
     printed = capsys.readouterr().out
