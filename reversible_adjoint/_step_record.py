@@ -243,7 +243,9 @@ class ReportingSolver(AbstractWrappedSolver):
     """Wraps a solver so that each step hands its new solver state to the
     `RecordingController`, alongside the error estimate (the only output of a step
     that diffrax's loop passes to the step size controller). The solve is otherwise
-    unchanged."""
+    unchanged. This relies on diffrax 0.7's loop doing nothing with `y_error` but
+    mapping NaN to inf and handing it to the controller (`RecordingController`, which
+    unpacks it before the user's controller sees it)."""
 
     solver: diffrax.AbstractSolver
 
