@@ -8,7 +8,7 @@ Solvers whose inverse evaluates the vector field at a point where the forward pa
 evaluated it can declare so (`evaluation_reuse`) and split `backward_step` around that
 evaluation (`fused_backward_step`). The backward pass then linearises the vector field
 once per step and uses that one linearisation twice: to reconstruct the step, and to
-pull cotangents back through the step that evaluated there. See ALGORITHMS.md, "Fusing".
+pull cotangents back through the step that evaluated there (see `_adjoint_term.py`).
 """
 
 from collections.abc import Callable
