@@ -81,16 +81,16 @@ def relative_drift(reconstructed: PyTree, true: PyTree, scales: tuple) -> Array:
 
     - `reconstructed`: `(y, solver_state)` as the backward pass rebuilt them.
     - `true`: `(y, solver_state)` as the solve had them.
-    - `scales`: from `magnitudes`: the largest magnitude of each part along the
-        trajectory reconstructed so far.
+    - `scales`: from `magnitudes`: the largest magnitude of each part among the
+        exact states the backward pass has met (the end of the solve, checkpoints).
 
     **Returns:**
 
     The largest, over the two parts `y` and solver state, of the largest absolute
-    error divided by the part's largest magnitude (along the trajectory, or in `true`),
-    or the absolute error if that is zero. A reconstruction that is not finite gives
-    `inf`. Scaling by the whole trajectory, not by the state at hand, keeps a solution
-    that passes near zero from reading its round-off as drift.
+    error divided by the part's largest magnitude (in `scales` or in `true`), or the
+    absolute error if that is zero. A reconstruction that is not finite gives `inf`.
+    A solution that starts and ends near zero but is large in between is measured
+    against small scales, and may read its round-off as drift.
     """
     reconstructed, true = jax.lax.stop_gradient((reconstructed, true))
     drifts = []
