@@ -2,11 +2,15 @@
 
 Forward: diffrax's own loop with the user's solver. Under differentiation the step size
 controller is wrapped (`_step_record.py`) to record the times of accepted steps and
-their tangents along the differentiated time inputs. Residuals: the final `y` and
-solver state, and that record. Nothing that grows with the number of steps is kept
-apart from `max_steps + 1` times (and their tangents).
+their tangents along the differentiated time inputs (for a grid that does not depend
+on `y`, only enough to recompute them). Residuals: the final `y` and solver state,
+that record, and the checkpoints if any. No state is kept per step; the record holds
+`max_steps + 1` times (and their tangents), or `O(sqrt(max_steps))` for a known grid.
 
-Backward: one `lax.while_loop` over the accepted steps, last to first. Each iteration
+Backward: a `lax.while_loop` over the accepted steps, last to first, in stretches
+(checkpoint to checkpoint; a stretch of a known grid at a time; or one stretch of
+all steps), each of which restarts from its checkpoint and recomputes its times
+before its own loop over its steps. Each iteration
 1. calls the solver's `AdjointTerm`: reconstruct the step's inputs with the exact
    inverse, and get the step's pullback;
 2. pulls back the `SaveAt(steps=...)` value saved at the step's start, i.e. at the end
@@ -29,6 +33,7 @@ saved by `steps`).
 """
 
 import functools as ft
+import math
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -72,6 +77,8 @@ from ._step_record import (
     as_tangent_tuple,
     init_checkpoints,
     init_recording,
+    recording_controller,
+    replays_grid,
 )
 
 
@@ -325,6 +332,18 @@ def _is_virtual_brownian_tree(x):
     return isinstance(x, diffrax.VirtualBrownianTree)
 
 
+def _replay_every(controller, static):
+    """The length of the stretches into which the backward pass splits the solve, if
+    it recomputes the step grid instead of recording it: `checkpoint_every`, or about
+    `sqrt(max_steps)` (memory for the grid: `O(sqrt(max_steps))` scalars instead of
+    `max_steps`; time: one more call of the controller per step, on scalars)."""
+    if not replays_grid(controller):
+        return None
+    if static.adjoint.checkpoint_every is not None:
+        return static.adjoint.checkpoint_every
+    return max(1, math.isqrt(static.max_steps - 1) + 1)
+
+
 @_reversible_loop.def_fwd
 def _reversible_loop_fwd(perturbed, inputs, *, static):
     tangents, t1_tangent = _initial_tangents(inputs, perturbed)
@@ -349,8 +368,9 @@ def _reversible_loop_fwd(perturbed, inputs, *, static):
             every, static.max_steps, inputs["y0"], inputs["solver_state"]
         )
         solver = ReportingSolver(static.solver)
+    controller = _controller(inputs, static)
     controller, controller_state = init_recording(
-        _controller(inputs, static),
+        controller,
         inputs["t1"],
         inputs["tprev"],
         inputs["tnext"],
@@ -359,6 +379,7 @@ def _reversible_loop_fwd(perturbed, inputs, *, static):
         tangents,
         t1_tangent,
         checkpoints,
+        _replay_every(controller, static),
     )
     init_state = _build_init_state(inputs, static)
     init_state = eqx.tree_at(lambda s: s.controller_state, init_state, controller_state)
@@ -428,6 +449,25 @@ class _DriftRecord(eqx.Module):
         )
 
 
+class _BackwardCarry(eqx.Module):
+    """The state of the backward loop before undoing accepted step `k`: the state
+    after it (`y`, `solver_state`) and the cotangents of everything met so far, as
+    named in `_reversible_loop_bwd`; `times` holds the step times of the current
+    stretch."""
+
+    k: Array
+    y: Any
+    solver_state: Any
+    a_y: Any
+    a_state: Any
+    a_args_terms: Any
+    a_time: Any
+    a_subs: Any
+    term_carry: Any
+    drift: Any
+    times: Any
+
+
 @_reversible_loop.def_bwd
 def _reversible_loop_bwd(residuals, grad_out, perturbed, inputs, *, static):
     y_final, solver_state_final, record, final_tangents, t1_tangent, checkpoints = (
@@ -450,9 +490,20 @@ def _reversible_loop_bwd(residuals, grad_out, perturbed, inputs, *, static):
     adjoint_term = static.adjoint_term
     interpolation_cls = static.solver.interpolation_cls
     num_accepted = record.num_accepted
-    rec_ts = record.ts
-    rec_tangents = record.tangents
-    zero_time = jnp.zeros((), dtype=rec_ts.dtype)
+    zero_time = jnp.zeros((), dtype=t1_tangent.dtype)
+    # The solve is undone in stretches of `every` steps, last to first: each starts
+    # from a checkpoint (if any) and has its step times recomputed (if the record is a
+    # `GridRecord`). Without either, one stretch of every step.
+    replays = getattr(record, "every", None)
+    if checkpoints is not None:
+        every = checkpoints.every
+    else:
+        every = static.max_steps + 1 if replays is None else replays
+    controller = recording_controller(
+        _controller(inputs, static), inputs["t1"], t1_tangent
+    )
+    last_stretch = jnp.maximum(num_accepted - 1, 0) // every
+    times = record.stretch(last_stretch, controller)
 
     # Cotangents of the time inputs: `a_theta` for the `D` tangent directions, and
     # `a_grid` for the times of `StepTo(ts=...)`, which are the step times themselves.
@@ -465,15 +516,15 @@ def _reversible_loop_bwd(residuals, grad_out, perturbed, inputs, *, static):
     with_time = t1_tangent.shape[0] > 0 or grid_perturbed
     perturbed_subs = perturbed["subs"]
 
-    def time_ct(a_time, ct_t, k):
-        """Adds the cotangent `ct_t` of the accepted time `rec_ts[k]`."""
+    def time_ct(a_time, ct_t, k, times):
+        """Adds the cotangent `ct_t` of the accepted time `times.time(k)`."""
         a_theta, a_grid = a_time
-        a_theta = a_theta + ct_t * rec_tangents[k]
+        a_theta = a_theta + ct_t * times.tangent(k)
         if a_grid is not None:
             # `StepTo` steps to `ts[k]`, except: at the start (`ts[1]` is the initial
             # `tnext`, differentiated outside as a time input) and at the end, where
             # the loop clips to `t1` (both dependences are in the tangents).
-            from_grid = (k >= 2) & (k < num_accepted) & (rec_ts[k] == grid[k])
+            from_grid = (k >= 2) & (k < num_accepted) & (times.time(k) == grid[k])
             a_grid = a_grid.at[k].add(jnp.where(from_grid, ct_t, 0).astype(a_grid.dtype))
         return a_theta, a_grid
 
@@ -529,7 +580,7 @@ def _reversible_loop_bwd(residuals, grad_out, perturbed, inputs, *, static):
     # final state itself.
     #
 
-    t_final = rec_ts[num_accepted]
+    t_final = times.time(num_accepted)
     a_y = _materialise(grad_state.y, y_final)
     a_state = _materialise(grad_state.solver_state, solver_state_final)
     a_args_terms = _zeros_like_inexact((args, terms))
@@ -558,7 +609,7 @@ def _reversible_loop_bwd(residuals, grad_out, perturbed, inputs, *, static):
     a_args_terms = (_add(a_args_terms[0], c_args), a_args_terms[1])
     term_carry, (c_state, c_t, c_args, c_terms) = adjoint_term.init(
         terms,
-        rec_ts[jnp.maximum(num_accepted - 1, 0)],
+        times.time(jnp.maximum(num_accepted - 1, 0)),
         t_final,
         y_final,
         args,
@@ -578,9 +629,9 @@ def _reversible_loop_bwd(residuals, grad_out, perturbed, inputs, *, static):
             a_t_step_end = _or_zero(c_t, zero_time)
     a_theta = jnp.zeros_like(t1_tangent)
     a_grid = None if grid is None else jnp.zeros_like(grid)
-    a_time = time_ct((a_theta, a_grid), a_t_step_end, num_accepted)
+    a_time = time_ct((a_theta, a_grid), a_t_step_end, num_accepted, times)
     if final_tangents is None:
-        a_time = time_ct(a_time, a_t_final, num_accepted)
+        a_time = time_ct(a_time, a_t_final, num_accepted, times)
     else:
         a_theta, a_grid = a_time
         tprev_tangent, tnext_tangent, dynamic_tangents = final_tangents
@@ -647,45 +698,29 @@ def _reversible_loop_bwd(residuals, grad_out, perturbed, inputs, *, static):
             a_subs = a_subs[:j] + [a_sub] + a_subs[j + 1 :]
         return ct_dense, a_t_k, a_t_k1, (a_args, a_terms), a_subs
 
-    def restart(k, y1, state1, drift):
-        """At a checkpoint (after accepted step `k + 1`): measure the drift of the
-        reconstruction so far, and carry on from the stored state instead."""
-        stored = checkpoints.read((k + 1) // checkpoints.every - 1)
-        if drift is not None:
-            drift = drift.measure((y1, state1), stored, restart=k + 1)
-        return (*stored, drift)
-
-    def body_fun(carry):
-        (
-            k, y1, state1, a_y, a_state, a_args_terms, a_time, a_subs, term_carry, drift
-        ) = carry
-        if checkpoints is not None:
-            at_checkpoint = ((k + 1) % checkpoints.every == 0) & (k + 1 < num_accepted)
-            y1, state1, drift = lax.cond(
-                at_checkpoint,
-                restart,
-                lambda k, y1, state1, drift: (y1, state1, drift),
-                k, y1, state1, drift,
-            )
-        t_k = rec_ts[k]
-        t_k1 = rec_ts[k + 1]
-        t_previous = rec_ts[jnp.maximum(k - 1, 0)]
+    def step_back(carry):
+        """Undoes accepted step `carry.k` and pulls the cotangents back through it."""
+        k = carry.k
+        times = record if carry.times is None else carry.times
+        t_k = times.time(k)
+        t_k1 = times.time(k + 1)
         y0, state0, dense_info, pullback, term_carry = adjoint_term(
             terms,
             t_k,
             t_k1,
-            y1,
+            carry.y,
             args,
-            state1,
-            term_carry,
+            carry.solver_state,
+            carry.term_carry,
             with_dense=with_dense,
             with_time=with_time,
-            t_previous=t_previous,
+            t_previous=times.time(jnp.maximum(k - 1, 0)),
             is_first=k == 0,
         )
         # The value at the end of the previous step (`SaveAt(steps=n)`), if saved.
+        a_subs = carry.a_subs
         c_y0, a_t_k, c_args, a_subs = pull_back_step_saves(k - 1, t_k, y0, a_subs)
-        a_args_terms = (_add(a_args_terms[0], c_args), a_args_terms[1])
+        a_args_terms = (_add(carry.a_args_terms[0], c_args), carry.a_args_terms[1])
         a_t_k1 = zero_time
         if with_dense:
             ct_dense, s_t_k, s_t_k1, a_args_terms, a_subs = pull_back_snapshots(
@@ -693,35 +728,76 @@ def _reversible_loop_bwd(residuals, grad_out, perturbed, inputs, *, static):
             )
             a_t_k = a_t_k + s_t_k
             a_t_k1 = a_t_k1 + s_t_k1
-            cts = pullback(a_y, a_state, ct_dense, c_y0)
+            cts = pullback(carry.a_y, carry.a_state, ct_dense, c_y0)
         else:
-            cts = pullback(a_y, a_state, None, c_y0)
+            cts = pullback(carry.a_y, carry.a_state, None, c_y0)
         ct_y0, ct_state0, ct_t0, ct_t1, ct_args, ct_terms = cts
         a_t_k = a_t_k + _or_zero(ct_t0, zero_time)
         a_t_k1 = a_t_k1 + _or_zero(ct_t1, zero_time)
-        a_time = time_ct(time_ct(a_time, a_t_k, k), a_t_k1, k + 1)
-        a_args_terms = _add(a_args_terms, (ct_args, ct_terms))
-        a_y = _materialise(ct_y0, y0)
-        a_state = _materialise(ct_state0, state0)
-        return (
-            k - 1, y0, state0, a_y, a_state, a_args_terms, a_time, a_subs, term_carry,
-            drift,
+        a_time = time_ct(time_ct(carry.a_time, a_t_k, k, times), a_t_k1, k + 1, times)
+        return _BackwardCarry(
+            k=k - 1,
+            y=y0,
+            solver_state=state0,
+            a_y=_materialise(ct_y0, y0),
+            a_state=_materialise(ct_state0, state0),
+            a_args_terms=_add(a_args_terms, (ct_args, ct_terms)),
+            a_time=a_time,
+            a_subs=a_subs,
+            term_carry=term_carry,
+            drift=carry.drift,
+            times=carry.times,
         )
 
-    carry = (
-        num_accepted - 1,
-        y_final,
-        solver_state_final,
-        a_y,
-        a_state,
-        a_args_terms,
-        a_time,
-        a_subs,
-        term_carry,
-        None if checking is None else _DriftRecord.init(num_accepted, end),
+    def stretch_back(carry):
+        """Undoes the steps of stretch `carry.k // every`, last to first."""
+        # (Under `vmap`, also run for elements already done, with `k = -1`.)
+        stretch = jnp.maximum(carry.k, 0) // every
+        y, state, drift = carry.y, carry.solver_state, carry.drift
+        if checkpoints is not None:
+            # Unless this stretch ends the solve, it ends at a checkpoint: measure the
+            # drift of the reconstruction so far, and carry on from the stored state.
+            restart = carry.k + 1 < num_accepted
+            stored = checkpoints.read(stretch)
+            if drift is not None:
+                measured = drift.measure((y, state), stored, restart=carry.k + 1)
+                drift = jtu.tree_map(
+                    ft.partial(jnp.where, restart), measured, drift
+                )
+            y, state = jtu.tree_map(ft.partial(jnp.where, restart), stored, (y, state))
+        times = None if replays is None else record.stretch(stretch, controller)
+        carry = eqx.tree_at(
+            lambda c: (c.y, c.solver_state, c.drift, c.times),
+            carry,
+            (y, state, drift, times),
+            is_leaf=_is_none,
+        )
+        start = stretch * every
+        return lax.while_loop(lambda c: c.k >= start, step_back, carry)
+
+    carry = _BackwardCarry(
+        k=num_accepted - 1,
+        y=y_final,
+        solver_state=solver_state_final,
+        a_y=a_y,
+        a_state=a_state,
+        a_args_terms=a_args_terms,
+        a_time=a_time,
+        a_subs=a_subs,
+        term_carry=term_carry,
+        drift=None if checking is None else _DriftRecord.init(num_accepted, end),
+        # The times of the current stretch, if recomputed; else read from `record`.
+        times=None if replays is None else times,
     )
-    carry = lax.while_loop(lambda c: c[0] >= 0, body_fun, carry)
-    (_, y_rec, state_rec, a_y, a_state, a_args_terms, a_time, a_subs, _, drift) = carry
+    carry = lax.while_loop(lambda c: c.k >= 0, stretch_back, carry)
+    y_rec, state_rec, drift = carry.y, carry.solver_state, carry.drift
+    a_y, a_state, a_args_terms, a_subs = (
+        carry.a_y,
+        carry.a_state,
+        carry.a_args_terms,
+        carry.a_subs,
+    )
+    a_time = carry.a_time
     a_theta, a_grid = a_time
     if drift is not None:
         # The reconstruction has come back to where the solve began: its drift.
@@ -928,6 +1004,12 @@ class ReversibleAdjoint(diffrax.AbstractAdjoint):
     differentiates it there, so the gradients are those of the discrete solve, the same
     as [`diffrax.RecursiveCheckpointAdjoint`][] computes (to round-off), while memory
     does not grow with the number of steps.
+
+    Apart from the step times: with an adaptive controller, one scalar per step (and
+    one per time input differentiated). With `ConstantStepSize` or `StepTo`, whose
+    times do not depend on `y`, the backward pass recomputes them as it goes, and
+    keeps a few scalars per `sqrt(max_steps)` steps (per `checkpoint_every` steps, with
+    checkpoints).
 
     Gradients are available with respect to `y0`, `args`, parameters inside `terms`,
     `t0`, `t1`, `dt0`, `SaveAt(ts=...)` and arrays used by `SaveAt(fn=...)`. Every

@@ -16,11 +16,22 @@ driven by data-dependent but gradient-free decisions (accept or reject, the fact
 included) it pushes the tangents of that recurrence forward along the `D` time inputs
 that are being differentiated ("directions": `tprev` and `tnext` at the start, the
 inexact leaves of the initial controller state, and the loop's `t1`), and on every
-accepted step it records the new time and its tangent in a buffer of `max_steps + 1`
-entries. The backward pass then turns the cotangent of each accepted time into
-cotangents of the directions with one dot product. Memory: `max_steps * (1 + D)`
-scalars; no states. With `D = 0` (no time input differentiated) only the times are
-recorded.
+accepted step it records the new time and its tangent. The backward pass then turns
+the cotangent of each accepted time into cotangents of the directions with one dot
+product. With `D = 0` (no time input differentiated) only the times are recorded.
+
+What is recorded depends on the controller:
+- In general (an adaptive controller, whose decisions depend on `y`): every accepted
+  time, in a `StepRecord` of `max_steps + 1` entries; memory `max_steps * (1 + D)`
+  scalars, no states.
+- For `ConstantStepSize` and `StepTo`, whose grid depends on the time inputs only: a
+  `GridRecord`, which keeps the state of the recurrence at the start of every stretch
+  of `every` accepted steps (`checkpoint_every`, or about `sqrt(max_steps)`). The
+  backward pass undoes the solve stretch by stretch, last to first, and runs the
+  controller again over each stretch to recompute its times (`GridRecord.stretch`):
+  memory `O(max_steps / every + every)` scalars, and one more controller call per
+  step, on scalars. The recomputed times are bit for bit those of the forward pass
+  (`tests/test_replayed_grid.py`): both run the same computation on opaque inputs.
 
 The loop clips `tprev` and `tnext` to `t1` after each controller call. The wrapper
 applies the same clip itself, so the tangents include it; the loop's own clip is then
@@ -35,6 +46,7 @@ import diffrax
 import equinox as eqx
 import equinox.internal as eqxi
 import jax
+import jax.lax as lax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 from diffrax._integrate import _clip_to_end
@@ -52,12 +64,127 @@ def clip_floor(t1):
 
 
 class StepRecord(eqx.Module):
-    """The accepted step times `ts[0] = t0 < ts[1] < ... < ts[num_accepted]` and their
-    tangents (shape `(max_steps + 1, D)`) along the differentiated time directions."""
+    """Accepted step times and their tangents (shape `(size, D)`) along the
+    differentiated time directions: `time(k)` is `t_k`, for `k` from `offset` to
+    `offset + size - 1`. Recorded in full (`offset = 0`, `t_0 = t0 < t_1 < ... <
+    t_num_accepted`, `max_steps + 1` entries), or one stretch of a `GridRecord`."""
 
     ts: Array
     tangents: Array
     num_accepted: Array
+    offset: Array | int = 0
+
+    def time(self, k):
+        return self.ts[k - self.offset]
+
+    def tangent(self, k):
+        return self.tangents[k - self.offset]
+
+    def write(self, keep, t, tangent, tnext, inner, time_tangents):
+        """Records `t` (and its tangent) as the next accepted time, if `keep`."""
+        del tnext, inner, time_tangents
+        index = self.num_accepted + 1
+        ts = self.ts.at[index].set(jnp.where(keep, t, self.ts[index]))
+        if tangent is not None:
+            tangents = self.tangents.at[index].set(
+                jnp.where(keep, tangent, self.tangents[index])
+            )
+        else:
+            tangents = self.tangents
+        num_accepted = self.num_accepted + jnp.where(keep, 1, 0)
+        return StepRecord(ts, tangents, num_accepted)
+
+    def stretch(self, c, controller):
+        """The times of stretch `c`: all of them."""
+        del c, controller
+        return self
+
+
+def replays_grid(controller) -> bool:
+    """Whether the accepted times of `controller` depend on the time inputs only (not
+    on `y`), so that the backward pass can recompute them exactly as the forward loop
+    computed them instead of recording each one."""
+    return type(controller) in (diffrax.ConstantStepSize, diffrax.StepTo)
+
+
+class GridRecord(eqx.Module):
+    """The record of a step grid that does not depend on `y` (`replays_grid`): only
+    every `every`-th point of it. The solve is split into stretches of `every`
+    accepted steps; for stretch `c` (steps `c * every` to `(c + 1) * every - 1`) this
+    keeps the time before it and the time it starts at (`ends[c]`, with tangents),
+    and the rest of the state of the time recurrence at its start (`starts`: `tnext`,
+    the controller state and their tangents). `stretch(c, ...)` runs the recurrence
+    again from there. Memory: `O(max_steps / every)` scalars, and `O(every)` for the
+    stretch being replayed."""
+
+    every: int = eqx.field(static=True)
+    ends: Array
+    end_tangents: Array
+    starts: PyTree
+    num_accepted: Array
+
+    def write(self, keep, t, tangent, tnext, inner, time_tangents):
+        """Records what it needs of the next accepted step, ending at `t`, if `keep`."""
+        n = self.num_accepted + 1
+        record = self.with_time(n, keep, t, tangent)
+        due = keep & (n % self.every == 0)
+        starts = _write_slot(
+            record.starts, n // self.every, due, (tnext, inner, time_tangents)
+        )
+        num_accepted = self.num_accepted + jnp.where(keep, 1, 0)
+        return GridRecord(
+            self.every, record.ends, record.end_tangents, starts, num_accepted
+        )
+
+    def with_time(self, n, keep, t, tangent):
+        """Records `t_n = t` where a stretch needs it, if `keep`: as the time before
+        stretch `(n + 1) / every` and as the start of stretch `n / every`, if these
+        are integers."""
+        every = self.every
+        if tangent is None:
+            tangent = jnp.zeros(self.end_tangents.shape[2:], self.end_tangents.dtype)
+        ends = self.ends
+        end_tangents = self.end_tangents
+        for due, slot, column in (
+            (keep & ((n + 1) % every == 0), (n + 1) // every, 0),
+            (keep & (n % every == 0), n // every, 1),
+        ):
+            ends = ends.at[slot, column].set(jnp.where(due, t, ends[slot, column]))
+            end_tangents = end_tangents.at[slot, column].set(
+                jnp.where(due, tangent, end_tangents[slot, column])
+            )
+        return GridRecord(every, ends, end_tangents, self.starts, self.num_accepted)
+
+    def stretch(self, c, controller: "RecordingController") -> StepRecord:
+        """The times `t_k` (and tangents) for `k` from `c * every - 1` to
+        `(c + 1) * every`: the times stretch `c` needs, recomputed by `controller`
+        (the `RecordingController` of the forward pass)."""
+        tprev = self.ends[c, 1]
+        tnext, inner, time_tangents = jtu.tree_map(lambda x: x[c], self.starts)
+
+        def advance(carry, _):
+            tprev, tnext, inner, time_tangents = carry
+            _, tprev, tnext, inner, time_tangents, step_end_tangent, _ = (
+                controller.advance(tprev, tnext, inner, time_tangents)
+            )
+            if step_end_tangent is None:
+                step_end_tangent = jnp.zeros(self.end_tangents.shape[2:], tprev.dtype)
+            return (tprev, tnext, inner, time_tangents), (tprev, step_end_tangent)
+
+        init = (tprev, tnext, inner, time_tangents)
+        _, (ts, tangents) = lax.scan(advance, init, length=self.every)
+        return StepRecord(
+            jnp.concatenate([self.ends[c], ts]),
+            jnp.concatenate([self.end_tangents[c], tangents]),
+            self.num_accepted,
+            c * self.every - 1,
+        )
+
+
+def _write_slot(buffers, slot, due, new):
+    return jtu.tree_map(
+        lambda b, x: b.at[slot].set(jnp.where(due, x, b[slot])), buffers, new
+    )
 
 
 class Checkpoints(eqx.Module):
@@ -105,7 +232,7 @@ class RecordingState(eqx.Module):
     inner: PyTree
     # Tangents of (tprev, tnext, inexact leaves of `inner`), each of shape (D, *shape).
     time_tangents: PyTree
-    record: StepRecord
+    record: StepRecord | GridRecord
     checkpoints: Checkpoints | None
 
 
@@ -127,14 +254,35 @@ class RecordingController(diffrax.AbstractStepSizeController):
     def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
         raise AssertionError("`RecordingController` is created after `init`.")
 
-    def adapt_step_size(
-        self, t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state
+    def advance(
+        self,
+        tprev,
+        tnext,
+        inner,
+        time_tangents,
+        y0=None,
+        y1_candidate=None,
+        args=None,
+        y_error=None,
+        error_order=None,
     ):
-        checkpoints = controller_state.checkpoints
-        if checkpoints is not None:
-            # `ReportingSolver` passes the step's new solver state along here.
-            y_error, solver_state1 = y_error
-        inner_dynamic, inner_static = _split(controller_state.inner)
+        """One call of the wrapped controller followed by the loop's clip to `t1`, and
+        the tangents of the result. Returns `(keep, tprev, tnext, inner,
+        time_tangents, step_end_tangent, aux)`: the new `tprev`, `tnext` and
+        controller state, their tangents (`None` without directions), the tangent of
+        the end of the step as the step used it, and `(made_jump, result)`.
+
+        The backward pass calls this again on stored values to recompute the grid,
+        so the result must not depend on what XLA knows of the inputs: if some are
+        constants in the forward pass (`t0` and `t1` given as Python floats), it may
+        fold them and round differently. An optimisation barrier hides them."""
+        arrays, rest = eqx.partition(
+            (self, tprev, tnext, inner, time_tangents), eqx.is_array
+        )
+        self, tprev, tnext, inner, time_tangents = eqx.combine(
+            lax.optimization_barrier(arrays), rest
+        )
+        inner_dynamic, inner_static = _split(inner)
 
         def time_map(tprev, tnext, dynamic, loop_t1):
             (keep, next_tprev, next_tnext, made_jump, inner, result) = (
@@ -164,9 +312,48 @@ class RecordingController(diffrax.AbstractStepSizeController):
                 result,
             )
 
-        primals = (t0, t1, inner_dynamic, self.t1)
+        primals = (tprev, tnext, inner_dynamic, self.t1)
         (next_tprev, next_tnext, next_dynamic, _), aux = time_map(*primals)
         keep, made_jump, next_static, result = aux
+        step_end_tangent = None
+        if time_tangents is not None:
+            _, linear = jax.linearize(lambda *p: time_map(*p)[0], *primals)
+            *time_tangents, step_end_tangent = jax.vmap(linear)(
+                *time_tangents, self.t1_tangent
+            )
+            time_tangents = tuple(time_tangents)
+        inner = eqx.combine(next_dynamic, next_static)
+        return (
+            keep,
+            next_tprev,
+            next_tnext,
+            inner,
+            time_tangents,
+            step_end_tangent,
+            (made_jump, result),
+        )
+
+    def adapt_step_size(
+        self, t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state
+    ):
+        checkpoints = controller_state.checkpoints
+        if checkpoints is not None:
+            # `ReportingSolver` passes the step's new solver state along here.
+            y_error, solver_state1 = y_error
+        keep, next_tprev, next_tnext, inner, tangents, step_end_tangent, aux = (
+            self.advance(
+                t0,
+                t1,
+                controller_state.inner,
+                controller_state.time_tangents,
+                y0,
+                y1_candidate,
+                args,
+                y_error,
+                error_order,
+            )
+        )
+        made_jump, result = aux
         if made_jump is not False:
             raise NotImplementedError(
                 "`ReversibleAdjoint` does not support step size controllers that make "
@@ -176,34 +363,16 @@ class RecordingController(diffrax.AbstractStepSizeController):
                 "split the solve at the jump into several `diffeqsolve`s, or use "
                 "`adjoint=diffrax.RecursiveCheckpointAdjoint()`."
             )
-
-        tangents = controller_state.time_tangents
-        if tangents is not None:
-            _, linear = jax.linearize(lambda *p: time_map(*p)[0], *primals)
-            *tangents, step_end_tangent = jax.vmap(linear)(*tangents, self.t1_tangent)
-            tangents = tuple(tangents)
-
         record = controller_state.record
-        index = record.num_accepted + 1
-        new_ts = jnp.where(keep, next_tprev, record.ts[index])
-        ts = record.ts.at[index].set(new_ts)
-        if tangents is None:
-            record_tangents = record.tangents
-        else:
-            new_tangent = jnp.where(keep, step_end_tangent, record.tangents[index])
-            record_tangents = record.tangents.at[index].set(new_tangent)
-        num_accepted = record.num_accepted + jnp.where(keep, 1, 0)
         if checkpoints is not None:
             checkpoints = checkpoints.write(
                 record.num_accepted, keep, y1_candidate, solver_state1
             )
-        record = StepRecord(ts, record_tangents, num_accepted)
-
+        record = record.write(
+            keep, next_tprev, step_end_tangent, next_tnext, inner, tangents
+        )
         state = RecordingState(
-            inner=eqx.combine(next_dynamic, next_static),
-            time_tangents=tangents,
-            record=record,
-            checkpoints=checkpoints,
+            inner=inner, time_tangents=tangents, record=record, checkpoints=checkpoints
         )
         return keep, next_tprev, next_tnext, made_jump, state, result
 
@@ -218,6 +387,7 @@ def init_recording(
     tangents,
     t1_tangent,
     checkpoints=None,
+    replay_every=None,
 ):
     """Wraps `controller` and its initial state for a recording forward pass.
 
@@ -225,18 +395,42 @@ def init_recording(
     controller_state)` as a tuple, each of shape `(D, *shape)`, or `None` when
     `D = 0`; `t1_tangent` is the tangent of `t1`, of shape `(D,)`. `checkpoints`
     (from `init_checkpoints`) also stores states, and then the solver must be wrapped
-    in `ReportingSolver`.
+    in `ReportingSolver`. With `replay_every` (only for a controller that
+    `replays_grid`), the record is a `GridRecord` of stretches of that many steps;
+    otherwise every accepted time is recorded.
     """
     num_directions = t1_tangent.shape[0]
     time_dtype = jnp.result_type(tprev)
-    ts = jnp.full(max_steps + 1, jnp.inf, dtype=time_dtype).at[0].set(tprev)
-    record_tangents = jnp.zeros((max_steps + 1, num_directions), dtype=time_dtype)
+    first_tangent = jnp.zeros(num_directions, dtype=time_dtype)
     if tangents is not None:
-        record_tangents = record_tangents.at[0].set(tangents[0])
-    record = StepRecord(ts, record_tangents, jnp.array(0, dtype=jnp.int32))
-    wrapped = RecordingController(controller, t1, t1_tangent, clip_floor(t1))
+        first_tangent = tangents[0].astype(time_dtype)
+    if replay_every is None:
+        ts = jnp.full(max_steps + 1, jnp.inf, dtype=time_dtype).at[0].set(tprev)
+        record_tangents = jnp.zeros((max_steps + 1, num_directions), dtype=time_dtype)
+        record_tangents = record_tangents.at[0].set(first_tangent)
+        record = StepRecord(ts, record_tangents, jnp.array(0, dtype=jnp.int32))
+    else:
+        size = max_steps // replay_every + 2
+        # Stretch 0 starts at `t0`; the time before it is taken to be `t0` too.
+        ends = jnp.full((size, 2), jnp.inf, dtype=time_dtype).at[0, 0].set(tprev)
+        end_tangents = jnp.zeros((size, 2, num_directions), dtype=time_dtype)
+        end_tangents = end_tangents.at[0, 0].set(first_tangent)
+        start = (tnext, controller_state, tangents)
+        starts = jtu.tree_map(
+            lambda x: jnp.zeros((size, *jnp.shape(x)), jnp.result_type(x)).at[0].set(x),
+            start,
+        )
+        record = GridRecord(
+            replay_every, ends, end_tangents, starts, jnp.array(0, dtype=jnp.int32)
+        ).with_time(0, True, tprev, first_tangent)
+    wrapped = recording_controller(controller, t1, t1_tangent)
     state = RecordingState(controller_state, tangents, record, checkpoints)
     return wrapped, state
+
+
+def recording_controller(controller, t1, t1_tangent):
+    """`controller` wrapped to record (or, in the backward pass, replay) its grid."""
+    return RecordingController(controller, t1, t1_tangent, clip_floor(t1))
 
 
 class ReportingSolver(AbstractWrappedSolver):

@@ -61,6 +61,38 @@ def assert_nonzero(tree):
         assert jnp.max(jnp.abs(leaf)) > 0, "reference gradient is zero: test is vacuous"
 
 
+def grads_of_every_input(
+    solver, controller, adjoint, t0, t1, dt0, ts, *, steps, max_steps
+):
+    """Gradients of a solve of `make_problem` with respect to every input: the term,
+    `y0`, `args`, `t0`, `t1`, `SaveAt(ts)`, `dt0` and the grid of a `StepTo`, saving
+    `ts`, every `steps`-th step and `t1`."""
+    grid = controller if isinstance(controller, diffrax.StepTo) else None
+
+    @eqx.filter_jit
+    @eqx.filter_grad
+    def grad(inputs):
+        term, y0, args, t0, t1, ts, dt0, grid = inputs
+        sol = diffrax.diffeqsolve(
+            term,
+            solver,
+            t0,
+            t1,
+            dt0,
+            y0,
+            args=args,
+            saveat=diffrax.SaveAt(ts=ts, steps=steps, t1=True),
+            stepsize_controller=controller if grid is None else grid,
+            adjoint=adjoint,
+            max_steps=max_steps,
+        )
+        return readout(sol.ys) + 0.3 * readout(sol.ts)
+
+    term, y0, args = make_problem()
+    dt0 = None if dt0 is None else jnp.array(dt0)
+    return grad((term, y0, args, t0, t1, ts, dt0, grid))
+
+
 def mlp_term(key, size=3, dtype=jnp.float64):
     mlp = eqx.nn.MLP(
         size + 1, size, width_size=8, depth=2, activation=jnp.tanh, key=key, dtype=dtype
@@ -147,8 +179,8 @@ def sinh_loss(solver, adjoint, y0, args):
 
 def backward_loop_evaluations(solver):
     """Vector-field evaluations per backward step of `ReversibleAdjoint`: the `sinh`s
-    in the body of the one while loop that also differentiates them (`cosh`; the
-    forward loop does not)."""
+    in the body of the innermost while loop that also differentiates them (`cosh`;
+    the forward loop does not; the loop over stretches holds the loop over steps)."""
     y0, args = jnp.array([0.4, -0.3, 0.2]), jnp.array(0.8)
     jaxpr = jax.make_jaxpr(jax.grad(sinh_loss, argnums=(2, 3)), static_argnums=(0, 1))(
         solver, ra.ReversibleAdjoint(), y0, args
@@ -163,9 +195,25 @@ def backward_loop_evaluations(solver):
                 find(sub)
 
     find(jaxpr)
-    backward = [b for b in bodies if count_primitives(b, "cosh") > 0]
+
+    def differentiates(body):
+        return count_primitives(body, "cosh") > 0
+
+    def holds_another(body):
+        inner = [b for b in bodies if b is not body and differentiates(b)]
+        return any(_contains(body, b) for b in inner)
+
+    backward = [b for b in bodies if differentiates(b) and not holds_another(b)]
     assert len(backward) == 1
     return count_primitives(backward[0], "sinh")
+
+
+def _contains(jaxpr, sub):
+    for eqn in jaxpr.eqns:
+        for inner in jax.extend.core.jaxprs_in_params(eqn.params):
+            if inner is sub or _contains(inner, sub):
+                return True
+    return False
 
 
 STEP_TO_INTERIOR = jnp.linspace(0.3, 1.7, 9) ** 1.2

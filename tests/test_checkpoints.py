@@ -14,7 +14,13 @@ import pytest
 
 import reversible_adjoint as ra
 
-from .helpers import assert_nonzero, make_problem, max_relative_error, readout
+from .helpers import (
+    assert_nonzero,
+    grads_of_every_input,
+    make_problem,
+    max_relative_error,
+    readout,
+)
 
 RTOL = 1e-8
 TS = jnp.array([0.0, 0.13, 0.5, 0.51, 1.0, 1.77, 2.0])
@@ -33,32 +39,12 @@ def _controller(name):
 
 def _grads(solver, controller_name, adjoint, backwards=False):
     controller, dt0 = _controller(controller_name)
-    term, y0, args = make_problem()
     t0, t1, ts = jnp.array(0.0), jnp.array(2.0), TS
     if backwards:
         t0, t1, ts, dt0 = t1, t0, ts[::-1], -dt0
-
-    @eqx.filter_jit
-    @eqx.filter_grad
-    def grad(inputs):
-        term, y0, args, t0, t1, ts, dt0 = inputs
-        sol = diffrax.diffeqsolve(
-            term,
-            solver,
-            t0,
-            t1,
-            dt0,
-            y0,
-            args=args,
-            saveat=diffrax.SaveAt(ts=ts, steps=2, t1=True),
-            stepsize_controller=controller,
-            adjoint=adjoint,
-            max_steps=256,
-        )
-        return readout(sol.ys) + 0.3 * readout(sol.ts)
-
-    inputs = (term, y0, args, t0, t1, ts, None if dt0 is None else jnp.array(dt0))
-    return grad(inputs)
+    return grads_of_every_input(
+        solver, controller, adjoint, t0, t1, dt0, ts, steps=2, max_steps=256
+    )
 
 
 @pytest.mark.parametrize(
