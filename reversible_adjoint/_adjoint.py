@@ -5,7 +5,8 @@ controller is wrapped (`_step_record.py`) to record the times of accepted steps 
 their tangents along the differentiated time inputs (for a grid that does not depend
 on `y`, only enough to recompute them). Residuals: the final `y` and solver state,
 that record, and the checkpoints if any. No state is kept per step; the record holds
-`max_steps + 1` times (and their tangents), or `O(sqrt(max_steps))` for a known grid.
+`max_steps + 1` times (and their tangents), or, with checkpoints and a known grid, a
+few per checkpoint.
 
 Backward: a `lax.while_loop` over the accepted steps, last to first, in stretches
 (checkpoint to checkpoint; a stretch of a known grid at a time; or one stretch of
@@ -333,15 +334,14 @@ def _is_virtual_brownian_tree(x):
 
 
 def _replay_every(controller, static):
-    """The length of the stretches into which the backward pass splits the solve, if
-    it recomputes the step grid instead of recording it: `checkpoint_every`, or about
-    `sqrt(max_steps)` (memory for the grid: `O(sqrt(max_steps))` scalars instead of
-    `max_steps`; time: one more call of the controller per step, on scalars)."""
-    if not replays_grid(controller):
-        return None
-    if static.adjoint.checkpoint_every is not None:
+    """With checkpoints, and a step grid that does not depend on `y`: the length of
+    the stretches in which the backward pass recomputes the grid instead of reading a
+    record of every step time. (Without checkpoints the record is kept: recomputing
+    the tangents of the times costs up to 40% of a tiny state's gradient when time
+    inputs are differentiated; `benchmarks/grid.py`.)"""
+    if replays_grid(controller):
         return static.adjoint.checkpoint_every
-    return max(1, math.isqrt(static.max_steps - 1) + 1)
+    return None
 
 
 @_reversible_loop.def_fwd
@@ -493,7 +493,7 @@ def _reversible_loop_bwd(residuals, grad_out, perturbed, inputs, *, static):
     zero_time = jnp.zeros((), dtype=t1_tangent.dtype)
     # The solve is undone in stretches of `every` steps, last to first: each starts
     # from a checkpoint (if any) and has its step times recomputed (if the record is a
-    # `GridRecord`). Without either, one stretch of every step.
+    # `GridRecord`). Without checkpoints, one stretch of every step.
     replays = getattr(record, "every", None)
     if checkpoints is not None:
         every = checkpoints.every
@@ -1005,11 +1005,10 @@ class ReversibleAdjoint(diffrax.AbstractAdjoint):
     as [`diffrax.RecursiveCheckpointAdjoint`][] computes (to round-off), while memory
     does not grow with the number of steps.
 
-    Apart from the step times: with an adaptive controller, one scalar per step (and
-    one per time input differentiated). With `ConstantStepSize` or `StepTo`, whose
-    times do not depend on `y`, the backward pass recomputes them as it goes, and
-    keeps a few scalars per `sqrt(max_steps)` steps (per `checkpoint_every` steps, with
-    checkpoints).
+    Apart from the step times: one scalar per step (and one per time input
+    differentiated). With checkpoints and `ConstantStepSize` or `StepTo`, whose times
+    do not depend on `y`, the backward pass recomputes them instead, and keeps a few
+    scalars per checkpoint.
 
     Gradients are available with respect to `y0`, `args`, parameters inside `terms`,
     `t0`, `t1`, `dt0`, `SaveAt(ts=...)` and arrays used by `SaveAt(fn=...)`. Every
@@ -1030,7 +1029,9 @@ class ReversibleAdjoint(diffrax.AbstractAdjoint):
     `K`-th accepted step (`ceil(max_steps / K)` states). The backward pass restarts its
     reconstruction from each stored state, so round-off is amplified over at most `K`
     steps, and checks the drift at every checkpoint. Gradients are unchanged (to
-    round-off); memory is O(`max_steps / K`) states instead of O(1).
+    round-off); memory is O(`max_steps / K`) states instead of O(1). With
+    `ConstantStepSize` or `StepTo` the step times are then not recorded either: the
+    backward pass recomputes them, `K` at a time.
 
     The check bounds the reconstruction error, not how sensitive the gradient is to
     it: on a chaotic problem even a small drift can move the gradient (as round-off

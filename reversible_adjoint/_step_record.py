@@ -24,13 +24,13 @@ What is recorded depends on the controller:
 - In general (an adaptive controller, whose decisions depend on `y`): every accepted
   time, in a `StepRecord` of `max_steps + 1` entries; memory `max_steps * (1 + D)`
   scalars, no states.
-- For `ConstantStepSize` and `StepTo`, whose grid depends on the time inputs only: a
-  `GridRecord`, which keeps the state of the recurrence at the start of every stretch
-  of `every` accepted steps (`checkpoint_every`, or about `sqrt(max_steps)`). The
-  backward pass undoes the solve stretch by stretch, last to first, and runs the
-  controller again over each stretch to recompute its times (`GridRecord.stretch`):
-  memory `O(max_steps / every + every)` scalars, and one more controller call per
-  step, on scalars. The recomputed times are bit for bit those of the forward pass
+- With checkpoints, for `ConstantStepSize` and `StepTo`, whose grid depends on the
+  time inputs only: a `GridRecord`, which keeps the state of the recurrence at the
+  start of every stretch of `every = checkpoint_every` accepted steps. The backward
+  pass undoes the solve stretch by stretch, last to first, and runs the controller
+  again over each stretch to recompute its times (`GridRecord.stretch`): memory
+  `O(max_steps / every + every)` scalars, and one more controller call per step, on
+  scalars. The recomputed times are bit for bit those of the forward pass
   (`tests/test_replayed_grid.py`): both run the same computation on opaque inputs.
 
 The loop clips `tprev` and `tnext` to `t1` after each controller call. The wrapper
