@@ -8,10 +8,10 @@ that record, and the checkpoints if any. No state is kept per step; the record h
 `max_steps + 1` times (and their tangents), or, with checkpoints and a known grid, a
 few per checkpoint.
 
-Backward: a `lax.while_loop` over the accepted steps, last to first, in stretches
-(checkpoint to checkpoint; a stretch of a known grid at a time; or one stretch of
-all steps), each of which restarts from its checkpoint and recomputes its times
-before its own loop over its steps. Each iteration
+Backward: a `lax.while_loop` over the accepted steps, last to first, in stretches:
+from checkpoint to checkpoint (each restarts from its checkpoint, and recomputes its
+step times if the grid is known), or, without checkpoints, one stretch of every step.
+Each iteration
 1. calls the solver's `AdjointTerm`: reconstruct the step's inputs with the exact
    inverse, and get the step's pullback;
 2. pulls back the `SaveAt(steps=...)` value saved at the step's start, i.e. at the end
@@ -33,8 +33,8 @@ by the step's `steps` value (if due), then the value at `t1` (if `t1` and not al
 saved by `steps`).
 """
 
+import dataclasses
 import functools as ft
-import math
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -766,11 +766,8 @@ def _reversible_loop_bwd(residuals, grad_out, perturbed, inputs, *, static):
                 )
             y, state = jtu.tree_map(ft.partial(jnp.where, restart), stored, (y, state))
         times = None if replays is None else record.stretch(stretch, controller)
-        carry = eqx.tree_at(
-            lambda c: (c.y, c.solver_state, c.drift, c.times),
-            carry,
-            (y, state, drift, times),
-            is_leaf=_is_none,
+        carry = dataclasses.replace(
+            carry, y=y, solver_state=state, drift=drift, times=times
         )
         start = stretch * every
         return lax.while_loop(lambda c: c.k >= start, step_back, carry)
