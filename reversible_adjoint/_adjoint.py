@@ -48,10 +48,6 @@ import numpy as np
 
 import diffrax
 from jaxtyping import Array
-from diffrax._heuristics import is_sde, is_unsafe_sde
-from diffrax._integrate import SaveState
-from diffrax._saveat import save_y
-from diffrax._term import WrapTerm
 
 from ._adjoint_term import (
     AdjointTerm,
@@ -60,6 +56,7 @@ from ._adjoint_term import (
     materialise as _materialise,
     zeros_like_inexact as _zeros_like_inexact,
 )
+from ._diffrax_internals import SaveState, WrapTerm, is_sde, is_unsafe_sde, save_y
 from ._drift import (
     check_drift,
     default_drift_rtol,

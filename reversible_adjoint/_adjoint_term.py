@@ -33,15 +33,14 @@ function linearised at arrays of the same shapes.
 
 from typing import Any
 
+import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
-from diffrax._heuristics import is_sde
 from jaxtyping import PyTree
 
-import diffrax
-
+from ._diffrax_internals import is_sde
 from ._solver.base import AbstractReversibleSolver
 
 

@@ -6,10 +6,10 @@ import equinox as eqx
 import jax.lax as lax
 import jax.numpy as jnp
 import jax.tree_util as jtu
-from diffrax._term import WrapTerm
 from jaxtyping import Array, ArrayLike, PyTree
 
 from ._adjoint import as_reversible
+from ._diffrax_internals import WrapTerm
 from ._drift import larger, magnitudes, relative_drift
 
 _CONSTANT = diffrax.ConstantStepSize()

@@ -44,23 +44,13 @@ final `tprev` instead.
 
 import diffrax
 import equinox as eqx
-import equinox.internal as eqxi
 import jax
 import jax.lax as lax
 import jax.numpy as jnp
 import jax.tree_util as jtu
-from diffrax._integrate import _clip_to_end
-from diffrax._solver.base import AbstractWrappedSolver
 from jaxtyping import Array, PyTree
 
-
-def clip_floor(t1):
-    """`t1` less 100 ULPs: the threshold above which diffrax's loop rounds `tnext` to
-    `t1` (same computation as the loop's)."""
-    floor = t1
-    for _ in range(100):
-        floor = eqxi.prevbefore(floor)
-    return floor
+from ._diffrax_internals import AbstractWrappedSolver, clip_floor, clip_to_end
 
 
 class StepRecord(eqx.Module):
@@ -301,7 +291,7 @@ class RecordingController(diffrax.AbstractStepSizeController):
             step_end = next_tprev
             # Exactly the clip diffrax's loop applies after this call.
             next_tprev = jnp.minimum(next_tprev, loop_t1)
-            next_tnext = _clip_to_end(
+            next_tnext = clip_to_end(
                 next_tprev, next_tnext, loop_t1, self.t1_clip_floor, keep
             )
             next_dynamic, next_static = _split(inner)

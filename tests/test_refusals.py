@@ -15,15 +15,24 @@ from .helpers import make_problem
 def _solve(**kwargs):
     term, y0, args = make_problem()
     options = dict(
-        terms=term, solver=ra.ReversibleHeun(), t0=0.0, t1=1.0, dt0=0.1, y0=y0,
-        args=args, adjoint=ra.ReversibleAdjoint(),
+        terms=term,
+        solver=ra.ReversibleHeun(),
+        t0=0.0,
+        t1=1.0,
+        dt0=0.1,
+        y0=y0,
+        args=args,
+        adjoint=ra.ReversibleAdjoint(),
     )
     options.update(kwargs)
     return diffrax.diffeqsolve(**options)
 
 
 def test_non_reversible_solver():
-    with pytest.raises(ValueError, match=r"reversible solver.*Tsit5.*ReversibleHeun.*RecursiveCheckpointAdjoint"):
+    with pytest.raises(
+        ValueError,
+        match=r"reversible solver.*Tsit5.*ReversibleHeun.*RecursiveCheckpointAdjoint",
+    ):
         _solve(solver=diffrax.Tsit5())
 
 
@@ -33,13 +42,18 @@ def test_max_steps_none():
 
 
 def test_dense():
-    with pytest.raises(NotImplementedError, match=r"SaveAt\(dense=True\)`.*O\(number of steps\).*SaveAt\(ts=\.\.\.\)"):
+    with pytest.raises(
+        NotImplementedError,
+        match=r"SaveAt\(dense=True\)`.*O\(number of steps\).*SaveAt\(ts=\.\.\.\)",
+    ):
         _solve(saveat=diffrax.SaveAt(dense=True))
 
 
 def test_events():
     event = diffrax.Event(lambda t, y, args, **kwargs: t > 0.5)
-    with pytest.raises(NotImplementedError, match=r"events.*RecursiveCheckpointAdjoint"):
+    with pytest.raises(
+        NotImplementedError, match=r"events.*RecursiveCheckpointAdjoint"
+    ):
         _solve(event=event)
 
 
@@ -48,7 +62,8 @@ def test_unsafe_brownian_path():
     x0 = jnp.ones(2)
     bm = diffrax.UnsafeBrownianPath(shape=(2,), key=jr.PRNGKey(0))
     terms = diffrax.MultiTerm(
-        diffrax.ODETerm(lambda t, y, args: -y), diffrax.ControlTerm(lambda t, y, args: 0.1 * y, bm)
+        diffrax.ODETerm(lambda t, y, args: -y),
+        diffrax.ControlTerm(lambda t, y, args: 0.1 * y, bm),
     )
     with pytest.raises(ValueError, match=r"UnsafeBrownianPath.*VirtualBrownianTree"):
         _solve(terms=terms, y0=x0, args=None)
@@ -56,7 +71,9 @@ def test_unsafe_brownian_path():
 
 def test_jump_ts():
     controller = diffrax.PIDController(rtol=1e-3, atol=1e-6, jump_ts=[0.5])
-    with pytest.raises(NotImplementedError, match=r"jump_ts.*step_ts.*RecursiveCheckpointAdjoint"):
+    with pytest.raises(
+        NotImplementedError, match=r"jump_ts.*step_ts.*RecursiveCheckpointAdjoint"
+    ):
         _solve(stepsize_controller=controller)
 
 
@@ -73,7 +90,9 @@ def test_differentiating_controller_parameters():
         controller = diffrax.PIDController(rtol=1e-3, atol=1e-6, dtmax=dtmax)
         return jnp.sum(_solve(stepsize_controller=controller).ys["x"])
 
-    with pytest.raises(Exception, match=r"step size controllers.*RecursiveCheckpointAdjoint"):
+    with pytest.raises(
+        Exception, match=r"step size controllers.*RecursiveCheckpointAdjoint"
+    ):
         jax.grad(loss)(0.05)
 
 
@@ -82,15 +101,21 @@ def test_solver_without_inverse():
         pass
 
     with pytest.raises(NotImplementedError, match=r"must implement `backward_step`"):
-        jax.grad(lambda y0: jnp.sum(_solve(solver=EulerWithoutInverse(), y0=y0).ys["x"]))(
-            make_problem()[1]
-        )
+        jax.grad(
+            lambda y0: jnp.sum(_solve(solver=EulerWithoutInverse(), y0=y0).ys["x"])
+        )(make_problem()[1])
 
 
 def test_refusal_lists_every_solver():
     with pytest.raises(ValueError) as info:
         _solve(solver=diffrax.Tsit5())
-    for name in ["ReversibleHeun", "AsynchronousLeapfrog", "Reversible(", "LeapfrogMidpoint", "SemiImplicitEuler"]:
+    for name in [
+        "ReversibleHeun",
+        "AsynchronousLeapfrog",
+        "Reversible(",
+        "LeapfrogMidpoint",
+        "SemiImplicitEuler",
+    ]:
         assert f"reversible_adjoint.{name}" in str(info.value)
 
 
@@ -98,7 +123,27 @@ def test_refusal_lists_every_solver():
 def test_leapfrog_midpoint_sde(solver):
     bm = diffrax.VirtualBrownianTree(0.0, 1.0, 1e-3, (2,), key=jr.PRNGKey(0))
     terms = diffrax.MultiTerm(
-        diffrax.ODETerm(lambda t, y, args: -y), diffrax.ControlTerm(lambda t, y, args: 0.1 * y, bm)
+        diffrax.ODETerm(lambda t, y, args: -y),
+        diffrax.ControlTerm(lambda t, y, args: 0.1 * y, bm),
     )
-    with pytest.raises(NotImplementedError, match=r"LeapfrogMidpoint.*SDE.*ReversibleHeun.*RecursiveCheckpointAdjoint"):
-        jax.grad(lambda y0: jnp.sum(_solve(terms=terms, solver=solver, y0=y0, args=None).ys))(jnp.ones(2))
+    with pytest.raises(
+        NotImplementedError,
+        match=r"LeapfrogMidpoint.*SDE.*ReversibleHeun.*RecursiveCheckpointAdjoint",
+    ):
+        jax.grad(
+            lambda y0: jnp.sum(_solve(terms=terms, solver=solver, y0=y0, args=None).ys)
+        )(jnp.ones(2))
+
+
+def test_diffrax_version_is_checked():
+    """An older diffrax lays out `SaveAt(steps=...)` differently, which would give
+    wrong gradients: refused. A newer one is untested: a warning."""
+    from reversible_adjoint._diffrax_internals import check_version
+
+    check_version("0.7.2")  # The tested version: silent.
+    for old in ("0.7.0", "0.7.1", "0.6.2"):
+        with pytest.raises(ImportError, match="diffrax==0.7.2"):
+            check_version(old)
+    for new in ("0.7.3", "0.8.0"):
+        with pytest.warns(UserWarning, match="tested with diffrax 0.7.2"):
+            check_version(new)

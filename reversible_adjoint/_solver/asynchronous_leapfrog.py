@@ -17,11 +17,10 @@ import diffrax
 import equinox as eqx
 import jax.lax as lax
 import jax.tree_util as jtu
-from diffrax._heuristics import is_sde
 from jaxtyping import PyTree
 
+from .._diffrax_internals import is_sde
 from .base import AbstractReversibleSolver
-
 
 # The solver state is `v`, the running estimate of the derivative (a value of
 # `terms.vf`), at the start or end of the step.

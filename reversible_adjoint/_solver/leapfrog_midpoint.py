@@ -27,7 +27,6 @@ from jaxtyping import PyTree
 
 from .base import AbstractReversibleSolver
 
-
 _SolverState = tuple[PyTree, PyTree]
 
 

@@ -36,11 +36,10 @@ from typing import ClassVar
 
 import diffrax
 import jax.tree_util as jtu
-from diffrax._heuristics import is_sde
 from jaxtyping import PyTree
 
+from .._diffrax_internals import is_sde
 from .base import AbstractReversibleSolver
-
 
 _SolverState = PyTree  # the auxiliary state `z`, shaped like `y`
 

@@ -8,7 +8,6 @@ from jaxtyping import PyTree
 
 from .base import AbstractReversibleSolver
 
-
 _SolverState = tuple[PyTree, PyTree]
 
 

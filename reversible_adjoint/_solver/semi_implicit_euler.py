@@ -23,7 +23,6 @@ import diffrax
 import jax.tree_util as jtu
 from jaxtyping import PyTree
 
-
 from .base import AbstractReversibleSolver
 
 
