@@ -1,8 +1,8 @@
 """Memory, speed and gradient accuracy of `ReversibleAdjoint` against diffrax's own
 adjoints, measured side by side in one run.
 
-    python benchmarks/adjoints.py            # full run: about 10 minutes on 2 CPU cores
-    python benchmarks/adjoints.py --quick    # under a minute (the test suite's smoke test)
+    python benchmarks/adjoints.py         # full run: about 10 minutes on 2 CPU cores
+    python benchmarks/adjoints.py --quick # under a minute (the test suite's smoke test)
 
 Problems (float32 unless stated):
 - `mlp`: a neural ODE, MLP vector field (width 128, depth 2), batch 32 x state 64;
@@ -38,7 +38,6 @@ import numpy as np
 
 import reversible_adjoint as ra
 
-
 jax.config.update("jax_enable_x64", True)  # float64 for the error column only
 
 SOLVERS = {
@@ -48,7 +47,9 @@ SOLVERS = {
 }
 BASELINES = {
     "RecursiveCheckpointAdjoint": lambda n: diffrax.RecursiveCheckpointAdjoint(),
-    "RecursiveCheckpointAdjoint(checkpoints=max_steps)": lambda n: diffrax.RecursiveCheckpointAdjoint(checkpoints=n),
+    "RecursiveCheckpointAdjoint(checkpoints=max_steps)": lambda n: (
+        diffrax.RecursiveCheckpointAdjoint(checkpoints=n)
+    ),
     "BacksolveAdjoint": lambda n: diffrax.BacksolveAdjoint(),
     "DirectAdjoint": lambda n: diffrax.DirectAdjoint(),
 }
@@ -71,23 +72,33 @@ def make_problem(name, dtype):
     `BacksolveAdjoint` requires)."""
     batch, size = (256, 256) if name == "large" else (32, 64)
     keys = jr.split(jr.PRNGKey(0), 4)
-    drift = eqx.nn.MLP(size, size, 128, 2, activation=jnp.tanh, key=keys[0], dtype=dtype)
+    drift = eqx.nn.MLP(
+        size, size, 128, 2, activation=jnp.tanh, key=keys[0], dtype=dtype
+    )
     y0 = 0.5 * jr.normal(keys[1], (batch, size), dtype=dtype)
     if name in ("mlp", "large"):
         model = drift
         terms = diffrax.ODETerm(lambda t, y, m: jax.vmap(m)(y))
     else:
-        diffusion = eqx.nn.MLP(size, size, 128, 1, activation=jnp.tanh, key=keys[2], dtype=dtype)
+        diffusion = eqx.nn.MLP(
+            size, size, 128, 1, activation=jnp.tanh, key=keys[2], dtype=dtype
+        )
         model = (drift, diffusion)
         y0 = y0.ravel()
         bm = diffrax.VirtualBrownianTree(
-            0.0, 1.0, tol=1e-3, shape=jax.ShapeDtypeStruct((batch * size,), dtype), key=keys[3]
+            0.0,
+            1.0,
+            tol=1e-3,
+            shape=jax.ShapeDtypeStruct((batch * size,), dtype),
+            key=keys[3],
         )
         batched = lambda f, y: jax.vmap(f)(y.reshape(batch, size)).ravel()
 
         terms = diffrax.MultiTerm(
             diffrax.ODETerm(lambda t, y, m: batched(m[0], y)),
-            diffrax.ControlTerm(lambda t, y, m: lx.DiagonalLinearOperator(0.1 * batched(m[1], y)), bm),
+            diffrax.ControlTerm(
+                lambda t, y, m: lx.DiagonalLinearOperator(0.1 * batched(m[1], y)), bm
+            ),
         )
 
     params, static = eqx.partition(model, eqx.is_array)
@@ -100,8 +111,15 @@ def make_fns(problem, solver, adjoint, num_steps, dtype):
 
     def solve(params, y0, adjoint):
         sol = diffrax.diffeqsolve(
-            terms, solver, t0, t1, (t1 - t0) / num_steps, y0,
-            args=eqx.combine(params, static), adjoint=adjoint, max_steps=num_steps,
+            terms,
+            solver,
+            t0,
+            t1,
+            (t1 - t0) / num_steps,
+            y0,
+            args=eqx.combine(params, static),
+            adjoint=adjoint,
+            max_steps=num_steps,
         )
         return jnp.mean(sol.ys**2)
 
@@ -137,7 +155,10 @@ def round_robin(fns, args, repeats):
 
 
 def relative_error(got, want):
-    got, want = (jnp.concatenate([x.ravel() for x in jax.tree_util.tree_leaves(g)]) for g in (got, want))
+    got, want = (
+        jnp.concatenate([x.ravel() for x in jax.tree_util.tree_leaves(g)])
+        for g in (got, want)
+    )
     return float(jnp.linalg.norm(got - want) / jnp.linalg.norm(want))
 
 
@@ -150,7 +171,10 @@ def methods_for(problem, solver_name, num_steps, quick):
             continue  # its cost grows with max_steps; it does not fit here
         if name == "BacksolveAdjoint" and problem == "sde":
             continue  # materialises the diffusion's Jacobian: ~1 GB, ~40 s per gradient
-        if quick and name not in ("RecursiveCheckpointAdjoint", "RecursiveCheckpointAdjoint(checkpoints=max_steps)"):
+        if quick and name not in (
+            "RecursiveCheckpointAdjoint",
+            "RecursiveCheckpointAdjoint(checkpoints=max_steps)",
+        ):
             continue
         methods[name] = make
     return methods
@@ -164,7 +188,9 @@ def run(problem, solver_names, step_counts, repeats, quick, timed=True):
             methods = methods_for(problem, solver_name, num_steps, quick)
             compiled, info = {}, {}
             for method, make_adjoint in methods.items():
-                grad, forward, args = make_fns(problem, solver, make_adjoint(num_steps), num_steps, jnp.float32)
+                grad, forward, args = make_fns(
+                    problem, solver, make_adjoint(num_steps), num_steps, jnp.float32
+                )
                 compiled[method], compile_time, memory = compile_and_measure(grad, args)
                 info[method] = dict(compile_time=compile_time, memory=memory)
             if timed:
@@ -175,14 +201,29 @@ def run(problem, solver_names, step_counts, repeats, quick, timed=True):
             if problem != "large":
                 grads = {}
                 for method, make_adjoint in methods.items():
-                    grad64, _, args64 = make_fns(problem, solver, make_adjoint(num_steps), num_steps, jnp.float64)
+                    grad64, _, args64 = make_fns(
+                        problem, solver, make_adjoint(num_steps), num_steps, jnp.float64
+                    )
                     grads[method] = grad64(*args64)
                 if "RecursiveCheckpointAdjoint" in grads:
-                    errors = {m: relative_error(g, grads["RecursiveCheckpointAdjoint"]) for m, g in grads.items()}
+                    errors = {
+                        m: relative_error(g, grads["RecursiveCheckpointAdjoint"])
+                        for m, g in grads.items()
+                    }
             for method in methods:
-                row = dict(problem=problem, steps=num_steps, solver=solver_name, method=method, **info[method])
+                row = dict(
+                    problem=problem,
+                    steps=num_steps,
+                    solver=solver_name,
+                    method=method,
+                    **info[method],
+                )
                 if timed:
-                    row.update(time=times[method], forward=times["forward"], ratio=times[method] / times["forward"])
+                    row.update(
+                        time=times[method],
+                        forward=times["forward"],
+                        ratio=times[method] / times["forward"],
+                    )
                 row["error"] = errors.get(method)
                 rows.append(row)
             print(f"  done: {problem}, {num_steps} steps, {solver_name}", flush=True)
@@ -195,53 +236,114 @@ def run(problem, solver_names, step_counts, repeats, quick, timed=True):
 
 
 def table(rows, timed=True):
-    header = "| steps | solver | adjoint | grad time (ms) | forward (ms) | grad/forward | compile (s) | temp memory (MiB) | error (float64) |"
+    header = (
+        "| steps | solver | adjoint | grad time (ms) | forward (ms) | grad/forward | "
+        "compile (s) | temp memory (MiB) | error (float64) |"
+    )
     lines = [header, "|---:|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        t = f"{r['time'] * 1e3:.1f} | {r['forward'] * 1e3:.1f} | {r['ratio']:.2f}" if "time" in r else "- | - | -"
+        t = (
+            f"{r['time'] * 1e3:.1f} | {r['forward'] * 1e3:.1f} | {r['ratio']:.2f}"
+            if "time" in r
+            else "- | - | -"
+        )
         error = "-" if r["error"] is None else f"{r['error']:.1e}"
         lines.append(
-            f"| {r['steps']} | {r['solver']} | {r['method']} | {t} | {r['compile_time']:.2f} | "
-            f"{r['memory'] / 2**20:.2f} | {error} |"
+            f"| {r['steps']} | {r['solver']} | {r['method']} | {t} | "
+            f"{r['compile_time']:.2f} | {r['memory'] / 2**20:.2f} | {error} |"
         )
     return "\n".join(lines)
 
 
 def targets(rows):
     """The benchmark issue's targets on the MLP problem, at 2,000 and 10,000 steps."""
-    lines = ["| steps | solver | figure | target | measured | met |", "|---:|---|---|---|---:|---|"]
-    for (steps, solver) in sorted({(r["steps"], r["solver"]) for r in rows if r["problem"] == "mlp"}):
-        if steps not in (2000, 10000) or solver not in ("ReversibleHeun", "AsynchronousLeapfrog"):
+    lines = [
+        "| steps | solver | figure | target | measured | met |",
+        "|---:|---|---|---|---:|---|",
+    ]
+    for steps, solver in sorted(
+        {(r["steps"], r["solver"]) for r in rows if r["problem"] == "mlp"}
+    ):
+        if steps not in (2000, 10000) or solver not in (
+            "ReversibleHeun",
+            "AsynchronousLeapfrog",
+        ):
             continue
-        by = {r["method"]: r for r in rows if r["problem"] == "mlp" and r["steps"] == steps and r["solver"] == solver}
+        by = {
+            r["method"]: r
+            for r in rows
+            if r["problem"] == "mlp" and r["steps"] == steps and r["solver"] == solver
+        }
         ours = by["ReversibleAdjoint"]
         store_all = by["RecursiveCheckpointAdjoint(checkpoints=max_steps)"]
         checks = [
-            ("grad time / RCA default", "<= 0.55", ours["time"] / by["RecursiveCheckpointAdjoint"]["time"], lambda x: x <= 0.55),
-            ("grad time / RCA store-all", "<= 0.9", ours["time"] / store_all["time"], lambda x: x <= 0.9),
+            (
+                "grad time / RCA default",
+                "<= 0.55",
+                ours["time"] / by["RecursiveCheckpointAdjoint"]["time"],
+                lambda x: x <= 0.55,
+            ),
+            (
+                "grad time / RCA store-all",
+                "<= 0.9",
+                ours["time"] / store_all["time"],
+                lambda x: x <= 0.9,
+            ),
             ("grad / forward time", "<= 4.3", ours["ratio"], lambda x: x <= 4.3),
-            ("store-all memory / ours", ">= 20 (at 2,000)", store_all["memory"] / ours["memory"], lambda x: x >= 20 or steps != 2000),
+            (
+                "store-all memory / ours",
+                ">= 20 (at 2,000)",
+                store_all["memory"] / ours["memory"],
+                lambda x: x >= 20 or steps != 2000,
+            ),
         ]
         for name, target, value, ok in checks:
-            lines.append(f"| {steps} | {solver} | {name} | {target} | {value:.2f} | {'yes' if ok(value) else 'NO'} |")
+            lines.append(
+                f"| {steps} | {solver} | {name} | {target} | {value:.2f} | "
+                f"{'yes' if ok(value) else 'NO'} |"
+            )
     # Compile time hardly depends on the number of steps, and one compile is a noisy
     # measurement: compare the medians over all step counts.
     for solver in ("ReversibleHeun", "AsynchronousLeapfrog"):
         compile_times = {
-            method: [r["compile_time"] for r in rows if r["problem"] == "mlp" and r["solver"] == solver and r["method"] == method]
+            method: [
+                r["compile_time"]
+                for r in rows
+                if r["problem"] == "mlp"
+                and r["solver"] == solver
+                and r["method"] == method
+            ]
             for method in ("ReversibleAdjoint", "RecursiveCheckpointAdjoint")
         }
         if all(compile_times.values()):
-            compile_times = {method: np.median(times) for method, times in compile_times.items()}
-            ratio = compile_times["ReversibleAdjoint"] / compile_times["RecursiveCheckpointAdjoint"]
-            lines.append(f"| all | {solver} | compile time / RCA default (medians) | <= 1 | {ratio:.2f} | {'yes' if ratio <= 1 else 'NO'} |")
+            compile_times = {
+                method: np.median(times) for method, times in compile_times.items()
+            }
+            ratio = (
+                compile_times["ReversibleAdjoint"]
+                / compile_times["RecursiveCheckpointAdjoint"]
+            )
+            lines.append(
+                f"| all | {solver} | compile time / RCA default (medians) | <= 1 | "
+                f"{ratio:.2f} | {'yes' if ratio <= 1 else 'NO'} |"
+            )
     # Memory flat in steps.
     for solver in ("ReversibleHeun", "AsynchronousLeapfrog"):
-        mem = {r["steps"]: r["memory"] for r in rows if r["problem"] == "mlp" and r["solver"] == solver and r["method"] == "ReversibleAdjoint"}
+        mem = {
+            r["steps"]: r["memory"]
+            for r in rows
+            if r["problem"] == "mlp"
+            and r["solver"] == solver
+            and r["method"] == "ReversibleAdjoint"
+        }
         if len(mem) > 1:
             lo, hi = min(mem), max(mem)
             growth = (mem[hi] - mem[lo]) / (hi - lo)
-            lines.append(f"| {lo}-{hi} | {solver} | memory growth per step (bytes) | flat (one time scalar) | {growth:.1f} | {'yes' if growth <= 16 else 'NO'} |")
+            lines.append(
+                f"| {lo}-{hi} | {solver} | memory growth per step (bytes) | "
+                f"flat (one time scalar) | {growth:.1f} | "
+                f"{'yes' if growth <= 16 else 'NO'} |"
+            )
     return "\n".join(lines)
 
 
@@ -256,11 +358,23 @@ def plot(rows, output):
     # Colour and marker by adjoint, line style by solver.
     colours = {m: f"C{i}" for i, m in enumerate(SHORT)}
     markers = dict(zip(SHORT, "osD^v"))
-    lines = {"ReversibleHeun": "-", "AsynchronousLeapfrog": "--", "Reversible(Midpoint)": ":"}
+    lines = {
+        "ReversibleHeun": "-",
+        "AsynchronousLeapfrog": "--",
+        "Reversible(Midpoint)": ":",
+    }
     series = sorted({(r["solver"], r["method"]) for r in mlp})
     for solver, method in series:
-        rs = sorted((r for r in mlp if r["solver"] == solver and r["method"] == method), key=lambda r: r["steps"])
-        style = dict(color=colours[method], marker=markers[method], linestyle=lines[solver], label=f"{SHORT[method]} + {solver}")
+        rs = sorted(
+            (r for r in mlp if r["solver"] == solver and r["method"] == method),
+            key=lambda r: r["steps"],
+        )
+        style = dict(
+            color=colours[method],
+            marker=markers[method],
+            linestyle=lines[solver],
+            label=f"{SHORT[method]} + {solver}",
+        )
         steps = [r["steps"] for r in rs]
         axes[0, 0].loglog(steps, [r["time"] * 1e3 for r in rs], **style)
         axes[0, 1].loglog(steps, [r["memory"] / 2**20 for r in rs], **style)
@@ -272,7 +386,12 @@ def plot(rows, output):
     forwards = sorted({(r["solver"], r["steps"], r["forward"]) for r in mlp})
     for solver in sorted({s for s, _, _ in forwards}):
         pts = [(n, f) for s, n, f in forwards if s == solver]
-        axes[0, 0].loglog(*zip(*[(n, f * 1e3) for n, f in pts]), ":", color="grey", label=f"forward ({solver})")
+        axes[0, 0].loglog(
+            *zip(*[(n, f * 1e3) for n, f in pts]),
+            ":",
+            color="grey",
+            label=f"forward ({solver})",
+        )
     titles = [
         ("gradient time (ms, median)", axes[0, 0]),
         ("compiled temp memory (MiB)", axes[0, 1]),
@@ -284,14 +403,28 @@ def plot(rows, output):
         ax.set_title(title)
         ax.set_xlabel("solver steps")
     axes[0, 1].legend(fontsize=7)
-    last = {p: max(r["steps"] for r in rows if r["problem"] == p) for p in ("large", "sde") if any(r["problem"] == p for r in rows)}
-    memory = [r for r in rows if r["problem"] in last and r["steps"] == last[r["problem"]]]
+    last = {
+        p: max(r["steps"] for r in rows if r["problem"] == p)
+        for p in ("large", "sde")
+        if any(r["problem"] == p for r in rows)
+    }
+    memory = [
+        r for r in rows if r["problem"] in last and r["steps"] == last[r["problem"]]
+    ]
     labels = [f"{r['problem']}, {r['steps']}\n{SHORT[r['method']]}" for r in memory]
-    axes[1, 2].bar(range(len(memory)), [r["memory"] / 2**20 for r in memory], color=[colours[r["method"]] for r in memory])
+    axes[1, 2].bar(
+        range(len(memory)),
+        [r["memory"] / 2**20 for r in memory],
+        color=[colours[r["method"]] for r in memory],
+    )
     axes[1, 2].set_xticks(range(len(memory)), labels, fontsize=6)
     axes[1, 2].set_yscale("log")
     axes[1, 2].set_title("temp memory (MiB): batch 256 x 256 ODE, neural SDE")
-    fig.suptitle(f"MLP neural ODE (batch 32 x 64, width 128, float32), {platform.processor() or platform.machine()}, {jax.devices()[0].device_kind}")
+    fig.suptitle(
+        "MLP neural ODE (batch 32 x 64, width 128, float32), "
+        f"{platform.processor() or platform.machine()}, "
+        f"{jax.devices()[0].device_kind}"
+    )
     fig.tight_layout()
     output.mkdir(parents=True, exist_ok=True)
     fig.savefig(output / "adjoints.png", dpi=90)
@@ -307,11 +440,21 @@ def report(rows):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small step counts, few repeats")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="small step counts, few repeats"
+    )
     parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--output", type=pathlib.Path, default=pathlib.Path(__file__).parent / "results")
-    parser.add_argument("--replot", action="store_true", help="print the tables and redraw the plots from results.json")
+    parser.add_argument(
+        "--output", type=pathlib.Path, default=pathlib.Path(__file__).parent / "results"
+    )
+    parser.add_argument(
+        "--replot",
+        action="store_true",
+        help="print the tables and redraw the plots from results.json",
+    )
     options = parser.parse_args(argv)
     if options.replot:
         rows = json.loads((options.output / "results.json").read_text())["rows"]
@@ -319,26 +462,45 @@ def main(argv=None):
         plot(rows, options.output)
         return
     if options.quick:
-        plan = [("mlp", ["ReversibleHeun"], [20], True), ("sde", ["ReversibleHeun"], [10], True)]
+        plan = [
+            ("mlp", ["ReversibleHeun"], [20], True),
+            ("sde", ["ReversibleHeun"], [10], True),
+        ]
         repeats = options.repeats or 2
     else:
         plan = [
-            ("mlp", ["ReversibleHeun", "AsynchronousLeapfrog"], [100, 1000, 2000, 10000], True),
+            (
+                "mlp",
+                ["ReversibleHeun", "AsynchronousLeapfrog"],
+                [100, 1000, 2000, 10000],
+                True,
+            ),
             ("mlp", ["Reversible(Midpoint)"], [100, 1000, 2000], True),
             ("large", ["ReversibleHeun"], [100, 2000], False),
             ("sde", ["ReversibleHeun"], [100, 2000], True),
         ]
         repeats = options.repeats or 7
     device = jax.devices()[0]
-    print(f"# Benchmark: {platform.platform()}, {jax.device_count()} x {device.device_kind}, jax {jax.__version__}, diffrax {diffrax.__version__}")
+    print(
+        f"# Benchmark: {platform.platform()}, {jax.device_count()} x "
+        f"{device.device_kind}, jax {jax.__version__}, diffrax {diffrax.__version__}"
+    )
     rows = []
     for problem, solvers, steps, timed in plan:
         rows += run(problem, solvers, steps, repeats, options.quick, timed)
     report(rows)
     options.output.mkdir(parents=True, exist_ok=True)
-    (options.output / "results.json").write_text(json.dumps(dict(platform=platform.platform(), device=device.device_kind, rows=rows), indent=1))
+    (options.output / "results.json").write_text(
+        json.dumps(
+            dict(platform=platform.platform(), device=device.device_kind, rows=rows),
+            indent=1,
+        )
+    )
     plot(rows, options.output)
-    print(f"\nwrote {options.output / 'adjoints.png'} and {options.output / 'results.json'}")
+    print(
+        f"\nwrote {options.output / 'adjoints.png'} and "
+        f"{options.output / 'results.json'}"
+    )
 
 
 if __name__ == "__main__":

@@ -74,7 +74,9 @@ def reference_gradient(params, static, y0, num_steps, dt):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=9)
     options = parser.parse_args(argv)
@@ -85,8 +87,15 @@ def main(argv=None):
 
     def loss(p, y, adjoint):
         sol = diffrax.diffeqsolve(
-            terms, ra.ReversibleHeun(), t0, t1, dt, y, args=eqx.combine(p, static),
-            adjoint=adjoint, max_steps=num_steps,
+            terms,
+            ra.ReversibleHeun(),
+            t0,
+            t1,
+            dt,
+            y,
+            args=eqx.combine(p, static),
+            adjoint=adjoint,
+            max_steps=num_steps,
         )
         return jnp.mean(sol.ys**2)
 
@@ -94,14 +103,26 @@ def main(argv=None):
         "forward": lambda p, y: loss(p, y, diffrax.RecursiveCheckpointAdjoint()),
         "ReversibleAdjoint": jax.grad(lambda p, y: loss(p, y, ra.ReversibleAdjoint())),
         "hand-written reference": reference_gradient(params, static, y0, num_steps, dt),
-        "RecursiveCheckpointAdjoint": jax.grad(lambda p, y: loss(p, y, diffrax.RecursiveCheckpointAdjoint())),
+        "RecursiveCheckpointAdjoint": jax.grad(
+            lambda p, y: loss(p, y, diffrax.RecursiveCheckpointAdjoint())
+        ),
         "RecursiveCheckpointAdjoint(checkpoints=max_steps)": jax.grad(
-            lambda p, y: loss(p, y, diffrax.RecursiveCheckpointAdjoint(checkpoints=num_steps))
+            lambda p, y: loss(
+                p, y, diffrax.RecursiveCheckpointAdjoint(checkpoints=num_steps)
+            )
         ),
     }
-    compiled = {name: jax.jit(fn).lower(params, y0).compile() for name, fn in fns.items()}
-    error = relative_error(compiled["hand-written reference"](params, y0), compiled["ReversibleAdjoint"](params, y0))
-    print(f"reference vs ReversibleAdjoint gradient, relative error (float32): {error:.1e}")
+    compiled = {
+        name: jax.jit(fn).lower(params, y0).compile() for name, fn in fns.items()
+    }
+    error = relative_error(
+        compiled["hand-written reference"](params, y0),
+        compiled["ReversibleAdjoint"](params, y0),
+    )
+    print(
+        "reference vs ReversibleAdjoint gradient, relative error (float32): "
+        f"{error:.1e}"
+    )
     assert error < 1e-5, "the reference computes a different gradient"
     times = round_robin(compiled, (params, y0), options.repeats)
     default = times["RecursiveCheckpointAdjoint"]
@@ -110,12 +131,15 @@ def main(argv=None):
     print("| method | time (ms) | / forward | / RCA default | / RCA store-all |")
     print("|---|---:|---:|---:|---:|")
     for name, t in times.items():
-        print(f"| {name} | {t * 1e3:.1f} | {t / times['forward']:.2f} | {t / default:.2f} | {t / store_all:.2f} |")
+        print(
+            f"| {name} | {t * 1e3:.1f} | {t / times['forward']:.2f} | "
+            f"{t / default:.2f} | {t / store_all:.2f} |"
+        )
     reference = times["hand-written reference"]
     print(
-        f"\nThe reference runs at {reference / times['forward']:.2f}x the forward pass: "
-        f"{reference / default:.2f}x diffrax's default and {reference / store_all:.2f}x "
-        "storing every step."
+        f"\nThe reference runs at {reference / times['forward']:.2f}x the forward "
+        f"pass: {reference / default:.2f}x diffrax's default and "
+        f"{reference / store_all:.2f}x storing every step."
     )
 
 

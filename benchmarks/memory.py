@@ -32,11 +32,16 @@ def _terms(problem, batch, size, width):
         diffusion = eqx.nn.MLP(size, size, width, 1, activation=jnp.tanh, key=keys[1])
         model = (drift, diffusion)
         batched = lambda f, y: jax.vmap(f)(y.reshape(batch, size)).ravel()
-        bm = diffrax.VirtualBrownianTree(0.0, 1.0, tol=1e-3, shape=(batch * size,), key=keys[2])
+        bm = diffrax.VirtualBrownianTree(
+            0.0, 1.0, tol=1e-3, shape=(batch * size,), key=keys[2]
+        )
         terms = diffrax.MultiTerm(
             diffrax.ODETerm(lambda t, y, model: batched(model[0], y)),
             diffrax.ControlTerm(
-                lambda t, y, model: lx.DiagonalLinearOperator(0.1 * batched(model[1], y)), bm
+                lambda t, y, model: lx.DiagonalLinearOperator(
+                    0.1 * batched(model[1], y)
+                ),
+                bm,
             ),
         )
     return model, terms
@@ -49,8 +54,15 @@ def temp_bytes(adjoint, num_steps, problem="ode", batch=32, size=64, width=128):
 
     def loss(params, y0):
         sol = diffrax.diffeqsolve(
-            terms, ra.ReversibleHeun(), 0.0, 1.0, 1.0 / num_steps, y0,
-            args=eqx.combine(params, static), adjoint=adjoint, max_steps=num_steps,
+            terms,
+            ra.ReversibleHeun(),
+            0.0,
+            1.0,
+            1.0 / num_steps,
+            y0,
+            args=eqx.combine(params, static),
+            adjoint=adjoint,
+            max_steps=num_steps,
         )
         return jnp.sum(sol.ys**2)
 
@@ -59,7 +71,9 @@ def temp_bytes(adjoint, num_steps, problem="ode", batch=32, size=64, width=128):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--problem", choices=["ode", "sde"], default="ode")
     parser.add_argument("--steps", type=int, nargs="+", default=[100, 1000, 10_000])
     options = parser.parse_args()
@@ -67,18 +81,22 @@ def main():
     adjoints = {
         "ReversibleAdjoint": lambda n: ra.ReversibleAdjoint(),
         "RecursiveCheckpointAdjoint()": lambda n: diffrax.RecursiveCheckpointAdjoint(),
-        "RecursiveCheckpointAdjoint(checkpoints=max_steps)": lambda n: diffrax.RecursiveCheckpointAdjoint(checkpoints=n),
+        "RecursiveCheckpointAdjoint(checkpoints=max_steps)": lambda n: (
+            diffrax.RecursiveCheckpointAdjoint(checkpoints=n)
+        ),
         "BacksolveAdjoint": lambda n: diffrax.BacksolveAdjoint(),
     }
     print(
-        f"Compiled temp memory of the gradient (MiB), neural {options.problem.upper()}, "
-        f"{jax.devices()[0].platform}"
+        "Compiled temp memory of the gradient (MiB), neural "
+        f"{options.problem.upper()}, {jax.devices()[0].platform}"
     )
     print()
     print("| adjoint | " + " | ".join(f"{n} steps" for n in steps) + " |")
     print("|---|" + "---:|" * len(steps))
     for name, make in adjoints.items():
-        cells = [f"{temp_bytes(make(n), n, options.problem) / 2**20:.2f}" for n in steps]
+        cells = [
+            f"{temp_bytes(make(n), n, options.problem) / 2**20:.2f}" for n in steps
+        ]
         print(f"| {name} | " + " | ".join(cells) + " |")
 
 

@@ -19,7 +19,6 @@ import jax.tree_util as jtu
 
 import reversible_adjoint as ra
 
-
 jax.config.update("jax_enable_x64", True)
 
 INPUTS = ["y0", "args", "term", "t0", "t1", "ts", "dt0"]
@@ -61,12 +60,23 @@ def gradients(adjoint, solver, controller_name, saveat_name, inputs):
         y0, args, term, t0, t1, ts, dt0 = inputs
         stepsize_controller, uses_dt0 = controller(controller_name, t0, t1)
         sol = diffrax.diffeqsolve(
-            term, solver, t0, t1, dt0 if uses_dt0 else None, y0, args=args,
-            saveat=SAVEATS[saveat_name](ts), stepsize_controller=stepsize_controller,
-            adjoint=adjoint, max_steps=512,
+            term,
+            solver,
+            t0,
+            t1,
+            dt0 if uses_dt0 else None,
+            y0,
+            args=args,
+            saveat=SAVEATS[saveat_name](ts),
+            stepsize_controller=stepsize_controller,
+            adjoint=adjoint,
+            max_steps=512,
         )
         leaves = jtu.tree_leaves((sol.ys, sol.ts))
-        return sum(jnp.sum(jnp.sin(1.0 + jnp.arange(x.size).reshape(x.shape)) * x**2) for x in leaves)
+        return sum(
+            jnp.sum(jnp.sin(1.0 + jnp.arange(x.size).reshape(x.shape)) * x**2)
+            for x in leaves
+        )
 
     return grad(inputs)
 
@@ -86,22 +96,43 @@ def main():
     term = diffrax.ODETerm(Field(jnp.array([[0.3, -0.8], [0.5, 0.2]])))
     ts = jnp.array([0.0, 0.13, 0.5, 0.51, 1.0, 1.77, 2.0])
     worst = {name: 0.0 for name in INPUTS}
-    solvers = {"ra.ReversibleHeun": ra.ReversibleHeun(), "diffrax.ReversibleHeun": diffrax.ReversibleHeun()}
+    solvers = {
+        "ra.ReversibleHeun": ra.ReversibleHeun(),
+        "diffrax.ReversibleHeun": diffrax.ReversibleHeun(),
+    }
     controllers = ["constant", "pid", "pid+step_ts", "stepto"]
     print("| solver | controller | saveat | " + " | ".join(INPUTS) + " |")
     print("|---|---|---|" + "---:|" * len(INPUTS))
-    for (solver_name, solver), controller_name, saveat_name in itertools.product(solvers.items(), controllers, SAVEATS):
+    for (solver_name, solver), controller_name, saveat_name in itertools.product(
+        solvers.items(), controllers, SAVEATS
+    ):
         dt0 = jnp.array(0.05 if controller_name == "constant" else 0.3)
         inputs = (y0, args, term, jnp.array(0.0), jnp.array(2.0), ts, dt0)
-        want = gradients(diffrax.RecursiveCheckpointAdjoint(), solver, controller_name, saveat_name, inputs)
-        got = gradients(ra.ReversibleAdjoint(), solver, controller_name, saveat_name, inputs)
+        want = gradients(
+            diffrax.RecursiveCheckpointAdjoint(),
+            solver,
+            controller_name,
+            saveat_name,
+            inputs,
+        )
+        got = gradients(
+            ra.ReversibleAdjoint(), solver, controller_name, saveat_name, inputs
+        )
         cells = []
         for name, g, w in zip(INPUTS, got, want):
             error = relative_error(g, w)
             worst[name] = max(worst[name], error)
             cells.append(f"{error:.1e}")
-        print(f"| {solver_name} | {controller_name} | {saveat_name} | " + " | ".join(cells) + " |")
-    print("| **worst** | | | " + " | ".join(f"**{worst[name]:.1e}**" for name in INPUTS) + " |")
+        print(
+            f"| {solver_name} | {controller_name} | {saveat_name} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    print(
+        "| **worst** | | | "
+        + " | ".join(f"**{worst[name]:.1e}**" for name in INPUTS)
+        + " |"
+    )
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import reversible_adjoint as ra
 
-
 SOLVERS = {"reversible_heun": ra.ReversibleHeun}
 
 
@@ -46,7 +45,12 @@ def make_dataset(key, size, ts):
     """`size` trajectories observed at `ts`, from random initial conditions."""
     y0 = jr.uniform(key, (size, 2), minval=-1.5, maxval=1.5)
     sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(_true_vector_field), diffrax.Tsit5(), ts[0], ts[-1], 0.01, y0,
+        diffrax.ODETerm(_true_vector_field),
+        diffrax.Tsit5(),
+        ts[0],
+        ts[-1],
+        0.01,
+        y0,
         saveat=diffrax.SaveAt(ts=ts),
         stepsize_controller=diffrax.PIDController(rtol=1e-8, atol=1e-8),
     )
@@ -70,8 +74,15 @@ class NeuralODE(eqx.Module):
 
 def predict(model, y0, ts, num_steps, solver, adjoint):
     sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(model), solver, ts[0], ts[-1], (ts[-1] - ts[0]) / num_steps, y0,
-        saveat=diffrax.SaveAt(ts=ts), adjoint=adjoint, max_steps=num_steps,
+        diffrax.ODETerm(model),
+        solver,
+        ts[0],
+        ts[-1],
+        (ts[-1] - ts[0]) / num_steps,
+        y0,
+        saveat=diffrax.SaveAt(ts=ts),
+        adjoint=adjoint,
+        max_steps=num_steps,
     )
     return sol.ys
 
@@ -89,7 +100,9 @@ def make_grad_fn(num_steps, solver, adjoint):
 
     def grad(params, static, y0, ys, ts):
         model = eqx.combine(params, static)
-        return eqx.filter_value_and_grad(loss_fn)(model, y0, ys, ts, num_steps, solver, adjoint)
+        return eqx.filter_value_and_grad(loss_fn)(
+            model, y0, ys, ts, num_steps, solver, adjoint
+        )
 
     return jax.jit(grad, static_argnums=1)
 
@@ -102,7 +115,9 @@ def make_grad_fn(num_steps, solver, adjoint):
 def batch_sharding():
     """Shards the leading (batch) axis over every visible device."""
     mesh = Mesh(np.array(jax.devices()), axis_names=("batch",))
-    return NamedSharding(mesh, PartitionSpec("batch")), NamedSharding(mesh, PartitionSpec())
+    return NamedSharding(mesh, PartitionSpec("batch")), NamedSharding(
+        mesh, PartitionSpec()
+    )
 
 
 def shard(batch, sharding):
@@ -117,7 +132,9 @@ def shard(batch, sharding):
 ADJOINTS = {
     "ReversibleAdjoint": lambda n: ra.ReversibleAdjoint(),
     "RecursiveCheckpointAdjoint": lambda n: diffrax.RecursiveCheckpointAdjoint(),
-    "RecursiveCheckpointAdjoint(checkpoints=max_steps)": lambda n: diffrax.RecursiveCheckpointAdjoint(checkpoints=n),
+    "RecursiveCheckpointAdjoint(checkpoints=max_steps)": lambda n: (
+        diffrax.RecursiveCheckpointAdjoint(checkpoints=n)
+    ),
     "BacksolveAdjoint": lambda n: diffrax.BacksolveAdjoint(),
 }
 
@@ -140,12 +157,17 @@ def compare_adjoints(params, static, y0, ys, ts, num_steps, solver, repeats):
         rows[name] = dict(memory=memory, time=float(np.median(times)), grads=flat)
     reference = rows["RecursiveCheckpointAdjoint"]["grads"]
     for row in rows.values():
-        row["error"] = float(jnp.linalg.norm(row["grads"] - reference) / jnp.linalg.norm(reference))
+        row["error"] = float(
+            jnp.linalg.norm(row["grads"] - reference) / jnp.linalg.norm(reference)
+        )
     return rows
 
 
 def print_table(step_counts, tables):
-    print("| steps | adjoint | temp memory (MiB) | vs ours | median time (ms) | vs ours | gradient error |")
+    print(
+        "| steps | adjoint | temp memory (MiB) | vs ours | median time (ms) | vs ours "
+        "| gradient error |"
+    )
     print("|---:|---|---:|---:|---:|---:|---:|")
     for num_steps, rows in zip(step_counts, tables):
         base = rows["ReversibleAdjoint"]
@@ -188,17 +210,26 @@ def plot(path, losses, step_counts, tables):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--iterations", type=int, default=600)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--dataset-size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=200, help="solver steps per solve")
-    parser.add_argument("--length", type=float, default=10.0, help="time span of each trajectory")
+    parser.add_argument(
+        "--length", type=float, default=10.0, help="time span of each trajectory"
+    )
     parser.add_argument("--solver", choices=list(SOLVERS), default="reversible_heun")
     parser.add_argument("--learning-rate", type=float, default=3e-3)
-    parser.add_argument("--repeats", type=int, default=5, help="timing repeats per adjoint")
     parser.add_argument(
-        "--compare-steps", type=int, nargs="+", default=[1000, 5000],
+        "--repeats", type=int, default=5, help="timing repeats per adjoint"
+    )
+    parser.add_argument(
+        "--compare-steps",
+        type=int,
+        nargs="+",
+        default=[1000, 5000],
         help="step counts for the comparison of adjoints (besides --steps)",
     )
     parser.add_argument("--output", default="train_neural_ode.png")
@@ -207,7 +238,9 @@ def main(argv=None):
 
     devices = jax.devices()
     if args.batch_size % len(devices):
-        parser.error(f"--batch-size must be a multiple of the number of devices ({len(devices)})")
+        parser.error(
+            f"--batch-size must be a multiple of the number of devices ({len(devices)})"
+        )
     print(f"devices: {len(devices)} x {devices[0].device_kind}")
     data_key, model_key, loader_key = jr.split(jr.PRNGKey(args.seed), 3)
     ts = jnp.linspace(0.0, args.length, 21)
@@ -236,14 +269,25 @@ def main(argv=None):
         loss, grads = grad_fn(params, static, y0, ys, ts)
         params, opt_state = update(params, opt_state, grads)
         losses.append(float(loss))
-        if iteration % max(1, args.iterations // 20) == 0 or iteration == args.iterations - 1:
-            print(f"iteration {iteration:5d}  loss {losses[-1]:.5f}  ({time.perf_counter() - start:.1f}s)", flush=True)
-    print(f"final loss {losses[-1]:.5f} after {args.iterations} iterations, {time.perf_counter() - start:.1f}s")
+        if (
+            iteration % max(1, args.iterations // 20) == 0
+            or iteration == args.iterations - 1
+        ):
+            print(
+                f"iteration {iteration:5d}  loss {losses[-1]:.5f}  "
+                f"({time.perf_counter() - start:.1f}s)",
+                flush=True,
+            )
+    print(
+        f"final loss {losses[-1]:.5f} after {args.iterations} iterations, "
+        f"{time.perf_counter() - start:.1f}s"
+    )
 
     step_counts = sorted({args.steps, *args.compare_steps})
     print(
-        f"\nOne gradient of the trained model (batch {args.batch_size}, {args.solver}), "
-        "per adjoint. Gradient error: relative to RecursiveCheckpointAdjoint."
+        f"\nOne gradient of the trained model (batch {args.batch_size}, "
+        f"{args.solver}), per adjoint. Gradient error: relative to "
+        "RecursiveCheckpointAdjoint."
     )
     y0, ys = shard((y0_all[: args.batch_size], ys_all[: args.batch_size]), batch_spec)
     tables = [

@@ -16,5 +16,4 @@ from ._solver import (
     SemiImplicitEuler as SemiImplicitEuler,
 )
 
-
 __version__ = importlib.metadata.version("reversible_adjoint")

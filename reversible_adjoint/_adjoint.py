@@ -38,6 +38,7 @@ import functools as ft
 from collections.abc import Callable
 from typing import Any, Literal
 
+import diffrax
 import equinox as eqx
 import equinox.internal as eqxi
 import jax
@@ -45,8 +46,6 @@ import jax.lax as lax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
-
-import diffrax
 from jaxtyping import Array
 
 from ._adjoint_term import (
@@ -79,7 +78,6 @@ from ._step_record import (
     replays_grid,
 )
 
-
 _inner_loop = jax.named_call(eqxi.while_loop, name="inner-loop")
 _outer_loop = jax.named_call(eqxi.while_loop, name="outer-loop")
 
@@ -96,9 +94,9 @@ def _is_save_state(x):
     return isinstance(x, SaveState)
 
 
-# diffrax's own reversible solvers, and the `AbstractReversibleSolver` that inverts them.
-# Their `solver_state` layouts coincide, so the forward pass runs the user's instance
-# unchanged and the backward pass inverts it with ours.
+# diffrax's own reversible solvers, and the `AbstractReversibleSolver` that inverts
+# them. Their `solver_state` layouts coincide, so the forward pass runs the user's
+# instance unchanged and the backward pass inverts it with ours.
 _DIFFRAX_REVERSIBLE = {
     diffrax.ReversibleHeun: ReversibleHeun,
     diffrax.LeapfrogMidpoint: LeapfrogMidpoint,
@@ -122,7 +120,9 @@ def _supported_solvers():
 def _narrowest_dtype(y0):
     """The floating dtype of the least precise leaf of `y0`: the one whose round-off
     sets the scale of the drift."""
-    dtypes = [jnp.result_type(x) for x in jtu.tree_leaves(y0) if eqx.is_inexact_array(x)]
+    dtypes = [
+        jnp.result_type(x) for x in jtu.tree_leaves(y0) if eqx.is_inexact_array(x)
+    ]
     if not dtypes:
         return jnp.result_type(float)
     return max(dtypes, key=lambda dtype: jnp.finfo(dtype).eps)
@@ -167,7 +167,9 @@ def _save_pullback(fn, t, y, args, ct, with_time):
     """Cotangents of `(t, y, args, fn)`, given the cotangent `ct` of `fn(t, y, args)`
     (`None` for `t` unless `with_time`)."""
     _, pullback = filter_vjp(
-        lambda _t, _y, _a, _f: _f(_t, _y, _a), (t, y, args, fn), (with_time, True, True, True)
+        lambda _t, _y, _a, _f: _f(_t, _y, _a),
+        (t, y, args, fn),
+        (with_time, True, True, True),
     )
     return pullback(ct)
 
@@ -217,7 +219,12 @@ def _directions(inputs, perturbed):
     dynamic_perturbed = jtu.tree_leaves(
         eqx.filter(perturbed["controller_state"], is_inexact)
     )
-    flags = [perturbed["tprev"], perturbed["tnext"], *dynamic_perturbed, perturbed["t1"]]
+    flags = [
+        perturbed["tprev"],
+        perturbed["tnext"],
+        *dynamic_perturbed,
+        perturbed["t1"],
+    ]
     offsets = []
     num_directions = 0
     for leaf, flag in zip(_time_leaves(inputs), flags, strict=True):
@@ -350,12 +357,12 @@ def _reversible_loop_fwd(perturbed, inputs, *, static):
     trees = jtu.tree_leaves(inputs["terms"], is_leaf=_is_virtual_brownian_tree)
     if moves_grid and any(_is_virtual_brownian_tree(x) for x in trees):
         raise ValueError(
-            "Cannot differentiate an SDE solve with respect to `t0`, `t1`, `dt0` or the "
-            "step times (`StepTo(ts=...)`) when its Brownian motion is a "
+            "Cannot differentiate an SDE solve with respect to `t0`, `t1`, `dt0` or "
+            "the step times (`StepTo(ts=...)`) when its Brownian motion is a "
             "`diffrax.VirtualBrownianTree`: the tree is not differentiable with "
-            "respect to time (diffrax's own adjoints raise too). Gradients with respect "
-            "to `y0`, `args`, the terms and `SaveAt(ts=...)` are available; for time "
-            "gradients, use a Brownian path that is differentiable in time."
+            "respect to time (diffrax's own adjoints raise too). Gradients with "
+            "respect to `y0`, `args`, the terms and `SaveAt(ts=...)` are available; "
+            "for time gradients, use a Brownian path that is differentiable in time."
         )
     every = static.adjoint.checkpoint_every
     if every is None:
@@ -440,7 +447,9 @@ class _DriftRecord(eqx.Module):
         worse = drift > self.worst
         return _DriftRecord(
             jnp.where(worse, drift, self.worst),
-            jnp.where(worse, self.restart - (0 if restart is None else restart), self.steps),
+            jnp.where(
+                worse, self.restart - (0 if restart is None else restart), self.steps
+            ),
             self.restart if restart is None else restart,
             scales,
         )
@@ -522,7 +531,9 @@ def _reversible_loop_bwd(residuals, grad_out, perturbed, inputs, *, static):
             # `tnext`, differentiated outside as a time input) and at the end, where
             # the loop clips to `t1` (both dependences are in the tangents).
             from_grid = (k >= 2) & (k < num_accepted) & (times.time(k) == grid[k])
-            a_grid = a_grid.at[k].add(jnp.where(from_grid, ct_t, 0).astype(a_grid.dtype))
+            a_grid = a_grid.at[k].add(
+                jnp.where(from_grid, ct_t, 0).astype(a_grid.dtype)
+            )
         return a_theta, a_grid
 
     save_like = jtu.tree_leaves(static.init_state.save_state, is_leaf=_is_save_state)
@@ -536,7 +547,8 @@ def _reversible_loop_bwd(residuals, grad_out, perturbed, inputs, *, static):
         )
         for sub, like, ct in zip(inputs["subs"], save_like, save_ct, strict=True)
     ]
-    # Cotangents accumulated per `SubSaveAt`: of its `ts`, and of the arrays in its `fn`.
+    # Cotangents accumulated per `SubSaveAt`: of its `ts`, and of the arrays in its
+    # `fn`.
     a_subs = [
         (_zeros_like_inexact(sub.layout.ts), _zeros_like_inexact(sub.fn))
         for sub in subs
@@ -563,7 +575,9 @@ def _reversible_loop_bwd(residuals, grad_out, perturbed, inputs, *, static):
             due = sub.layout.steps_due(j)
             index = sub.layout.steps_index(j, t_j1)
             ct = _mask(_index(sub.ct_ys, index), due)
-            s_t, s_y, s_args, s_fn = _save_pullback(sub.fn, t_j1, y_j1, args, ct, with_time)
+            s_t, s_y, s_args, s_fn = _save_pullback(
+                sub.fn, t_j1, y_j1, args, ct, with_time
+            )
             c_y = _add(c_y, s_y)
             c_t = c_t + _or_zero(s_t, zero_time) + jnp.where(due, sub.ct_ts[index], 0)
             c_args = _add(c_args, s_args)
@@ -758,9 +772,7 @@ def _reversible_loop_bwd(residuals, grad_out, perturbed, inputs, *, static):
             stored = checkpoints.read(stretch)
             if drift is not None:
                 measured = drift.measure((y, state), stored, restart=carry.k + 1)
-                drift = jtu.tree_map(
-                    ft.partial(jnp.where, restart), measured, drift
-                )
+                drift = jtu.tree_map(ft.partial(jnp.where, restart), measured, drift)
             y, state = jtu.tree_map(ft.partial(jnp.where, restart), stored, (y, state))
         times = None if replays is None else record.stretch(stretch, controller)
         carry = dataclasses.replace(
@@ -795,7 +807,9 @@ def _reversible_loop_bwd(residuals, grad_out, perturbed, inputs, *, static):
     a_theta, a_grid = a_time
     if drift is not None:
         # The reconstruction has come back to where the solve began: its drift.
-        drift = drift.measure((y_rec, state_rec), (inputs["y0"], inputs["solver_state"]))
+        drift = drift.measure(
+            (y_rec, state_rec), (inputs["y0"], inputs["solver_state"])
+        )
 
     #
     # Values saved at the start: `SaveAt(t0=True)`, and `SaveAt(ts=...)` when
@@ -1136,21 +1150,22 @@ class ReversibleAdjoint(diffrax.AbstractAdjoint):
             )
         if is_sde(terms) and isinstance(solver, diffrax.AbstractItoSolver):
             raise NotImplementedError(
-                f"`{type(solver).__name__}` converges to the Itô solution of an SDE, but "
-                "`adjoint=ReversibleAdjoint()` supports Stratonovich SDEs only (the "
-                "algebraically reversible schemes are Stratonovich). Write the SDE in "
-                "Stratonovich form and use `ReversibleHeun`, or use "
+                f"`{type(solver).__name__}` converges to the Itô solution of an SDE, "
+                "but `adjoint=ReversibleAdjoint()` supports Stratonovich SDEs only "
+                "(the algebraically reversible schemes are Stratonovich). Write the "
+                "SDE in Stratonovich form and use `ReversibleHeun`, or use "
                 "`adjoint=diffrax.RecursiveCheckpointAdjoint()`."
             )
         if is_sde(terms) and isinstance(reversible, LeapfrogMidpoint):
             raise NotImplementedError(
-                f"`adjoint=ReversibleAdjoint()` does not support `{type(solver).__name__}` "
-                "on an SDE: its step takes the Brownian increment over two steps, from "
-                "a time held in the solver state, and the backward pass differentiates "
-                "the solver state, whereas the Brownian motion cannot be differentiated "
-                "with respect to time. Use "
+                "`adjoint=ReversibleAdjoint()` does not support "
+                f"`{type(solver).__name__}` on an SDE: its step takes the Brownian "
+                "increment over two steps, from a time held in the solver state, and "
+                "the backward pass differentiates the solver state, whereas the "
+                "Brownian motion cannot be differentiated with respect to time. Use "
                 "`reversible_adjoint.ReversibleHeun()`, which converges to the "
-                "Stratonovich solution, or `adjoint=diffrax.RecursiveCheckpointAdjoint()`."
+                "Stratonovich solution, or "
+                "`adjoint=diffrax.RecursiveCheckpointAdjoint()`."
             )
         if init_state.made_jump is not False:
             raise NotImplementedError(
@@ -1178,7 +1193,13 @@ class ReversibleAdjoint(diffrax.AbstractAdjoint):
                 stepsize_controller, msg=_NONDIFF_CONTROLLER
             )
         terms = _hoist_closures(
-            terms, solver, t0, init_state.tnext, init_state.y, args, init_state.solver_state
+            terms,
+            solver,
+            t0,
+            init_state.tnext,
+            init_state.y,
+            args,
+            init_state.solver_state,
         )
         subs, subs_treedef = jtu.tree_flatten(saveat.subs, is_leaf=_is_subsaveat)
         # Hoist the arrays that `fn` closes over (e.g. the time direction, or a model)
@@ -1235,9 +1256,11 @@ class ReversibleAdjoint(diffrax.AbstractAdjoint):
         # Integer outputs (`result`, step counts) carry no derivative. Saying so keeps
         # JAX from linearising what diffrax does with them (e.g. `throw=True`).
         final_state = jtu.tree_map(
-            lambda x: x
-            if eqx.is_inexact_array(x) or not eqx.is_array(x)
-            else lax.stop_gradient(x),
+            lambda x: (
+                x
+                if eqx.is_inexact_array(x) or not eqx.is_array(x)
+                else lax.stop_gradient(x)
+            ),
             final_state,
         )
         return final_state, aux_stats

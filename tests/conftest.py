@@ -1,7 +1,6 @@
 import jax
 import pytest
 
-
 jax.config.update("jax_enable_x64", True)
 
 

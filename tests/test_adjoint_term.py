@@ -26,8 +26,12 @@ class UnfusedHeun(ra.ReversibleHeun):
 
 def test_generic_adjoint_term_parity():
     y0, args = jnp.array([0.4, -0.3, 0.2]), jnp.array(0.8)
-    want = jax.grad(sinh_loss, argnums=(2, 3))(UnfusedHeun(), diffrax.RecursiveCheckpointAdjoint(), y0, args)
-    got = jax.grad(sinh_loss, argnums=(2, 3))(UnfusedHeun(), ra.ReversibleAdjoint(), y0, args)
+    want = jax.grad(sinh_loss, argnums=(2, 3))(
+        UnfusedHeun(), diffrax.RecursiveCheckpointAdjoint(), y0, args
+    )
+    got = jax.grad(sinh_loss, argnums=(2, 3))(
+        UnfusedHeun(), ra.ReversibleAdjoint(), y0, args
+    )
     assert_nonzero(want)
     assert max_relative_error(got, want) < 1e-10
 

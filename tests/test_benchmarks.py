@@ -7,14 +7,15 @@ import sys
 
 import pytest
 
-
 BENCHMARKS = pathlib.Path(__file__).parent.parent / "benchmarks"
 
 
 def _load(name):
     sys.path.insert(0, str(BENCHMARKS))  # the scripts import each other
     try:
-        spec = importlib.util.spec_from_file_location(f"{name}_benchmark", BENCHMARKS / f"{name}.py")
+        spec = importlib.util.spec_from_file_location(
+            f"{name}_benchmark", BENCHMARKS / f"{name}.py"
+        )
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     finally:
@@ -28,7 +29,9 @@ def test_quick_benchmark(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| ReversibleHeun | ReversibleAdjoint |" in printed
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
-    ours = [r for r in rows if r["method"] == "ReversibleAdjoint" and r["problem"] == "mlp"]
+    ours = [
+        r for r in rows if r["method"] == "ReversibleAdjoint" and r["problem"] == "mlp"
+    ]
     assert ours and all(r["error"] < 1e-10 for r in ours)
     assert (tmp_path / "adjoints.png").stat().st_size > 0
 

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import textwrap
 
-
 EXAMPLE = pathlib.Path(__file__).parent.parent / "examples" / "train_neural_ode.py"
 
 
@@ -23,8 +22,22 @@ def test_smoke(tmp_path, capsys):
     example = _load_example()
     output = tmp_path / "out.png"
     example.main(
-        ["--iterations", "3", "--steps", "20", "--compare-steps", "20", "--repeats", "1",
-         "--dataset-size", "16", "--batch-size", "8", "--output", str(output)]
+        [
+            "--iterations",
+            "3",
+            "--steps",
+            "20",
+            "--compare-steps",
+            "20",
+            "--repeats",
+            "1",
+            "--dataset-size",
+            "16",
+            "--batch-size",
+            "8",
+            "--output",
+            str(output),
+        ]
     )
     printed = capsys.readouterr().out
     assert "final loss" in printed
@@ -70,7 +83,7 @@ SHARDED = textwrap.dedent(
     drift = [str(r.message) for r in records if issubclass(r.category, ra.ReconstructionDriftWarning)]
     print("drift warnings on 4 devices:", drift)
     assert len(drift) == 1 and "after 30 steps" in drift[0], drift
-    """
+    """  # noqa: E501
 )
 
 
@@ -79,7 +92,18 @@ def test_sharded_gradients_match_single_device(tmp_path):
     and the drift check warns once for all devices."""
     script = tmp_path / "sharded.py"
     script.write_text(SHARDED)
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_ENABLE_X64="1", JAX_PLATFORMS="cpu")
-    result = subprocess.run([sys.executable, str(script), str(EXAMPLE)], env=env, capture_output=True, text=True, timeout=600)
+    env = dict(
+        os.environ,
+        XLA_FLAGS="--xla_force_host_platform_device_count=4",
+        JAX_ENABLE_X64="1",
+        JAX_PLATFORMS="cpu",
+    )
+    result = subprocess.run(
+        [sys.executable, str(script), str(EXAMPLE)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "max relative difference" in result.stdout

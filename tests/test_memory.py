@@ -18,10 +18,16 @@ def _temp_bytes(adjoint, num_steps, differentiate_times=False):
 
     def loss(params, y0, t1):
         sol = diffrax.diffeqsolve(
-            term, ra.ReversibleHeun(), 0.0, t1, 1.0 / num_steps, y0,
+            term,
+            ra.ReversibleHeun(),
+            0.0,
+            t1,
+            1.0 / num_steps,
+            y0,
             args=eqx.combine(params, static),
             saveat=diffrax.SaveAt(ts=jnp.linspace(0.1, 0.9, 5), t1=True),
-            adjoint=adjoint, max_steps=num_steps,
+            adjoint=adjoint,
+            max_steps=num_steps,
         )
         return jnp.sum(sol.ys**2)
 

@@ -15,7 +15,6 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-
 NOTEBOOKS = sorted((pathlib.Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 _runs: dict[pathlib.Path, concurrent.futures.Future] = {}
 _executor = concurrent.futures.ThreadPoolExecutor(max_workers=1)
@@ -26,7 +25,10 @@ def _execute(path):
     notebook = nbformat.read(path, as_version=4)
     with tempfile.TemporaryDirectory() as scratch:
         client = NotebookClient(
-            notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": scratch}}
+            notebook,
+            timeout=300,
+            kernel_name="python3",
+            resources={"metadata": {"path": scratch}},
         )
         client.execute()
     return [
@@ -58,6 +60,13 @@ def test_committed_notebooks_are_executed():
     for path in NOTEBOOKS:
         notebook = nbformat.read(path, as_version=4)
         code = [c for c in notebook.cells if c.cell_type == "code"]
-        assert all(c.get("execution_count") for c in code), f"{path.name} has unexecuted cells"
-        images = [o for c in code for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+        assert all(c.get("execution_count") for c in code), (
+            f"{path.name} has unexecuted cells"
+        )
+        images = [
+            o
+            for c in code
+            for o in c.get("outputs", [])
+            if "image/png" in o.get("data", {})
+        ]
         assert images, f"{path.name} has no plot"

@@ -13,7 +13,6 @@ import reversible_adjoint as ra
 
 from .helpers import assert_nonzero, make_problem, max_relative_error, readout
 
-
 RTOL = 1e-8
 SOLVERS = [ra.ReversibleHeun(), diffrax.ReversibleHeun()]
 SOLVER_IDS = ["ra.ReversibleHeun", "diffrax.ReversibleHeun"]
@@ -27,7 +26,11 @@ def _controller(name, t0, t1):
     if name == "step_ts":
         return diffrax.PIDController(rtol=1e-3, atol=1e-5, step_ts=[0.4, 1.1]), 0.3
     if name == "stepto":
-        return diffrax.StepTo(jnp.concatenate([jnp.array([t0]), jnp.linspace(0.3, 1.7, 9) ** 1.2, jnp.array([t1])])), None
+        return diffrax.StepTo(
+            jnp.concatenate(
+                [jnp.array([t0]), jnp.linspace(0.3, 1.7, 9) ** 1.2, jnp.array([t1])]
+            )
+        ), None
     raise ValueError(name)
 
 
@@ -70,7 +73,9 @@ def _inputs(dt0=0.05):
 def _check(controller_name, saveat_fn, solver=SOLVERS[0], inputs=None):
     if inputs is None:
         inputs = _inputs(_controller(controller_name, 0.0, 2.0)[1] or 0.05)
-    want = _grads(diffrax.RecursiveCheckpointAdjoint(), solver, controller_name, saveat_fn, inputs)
+    want = _grads(
+        diffrax.RecursiveCheckpointAdjoint(), solver, controller_name, saveat_fn, inputs
+    )
     got = _grads(ra.ReversibleAdjoint(), solver, controller_name, saveat_fn, inputs)
     names = ["term", "y0", "args", "t0", "t1", "ts", "dt0"]
     errors = {}
@@ -113,7 +118,8 @@ def test_all_inputs(solver, controller_name, saveat_name):
 
 
 @pytest.mark.parametrize(
-    "controller_name, saveat_name", [("constant", "ts"), ("constant", "steps"), ("stepto", "steps")]
+    "controller_name, saveat_name",
+    [("constant", "ts"), ("constant", "steps"), ("stepto", "steps")],
 )
 def test_one_step_ending_exactly_at_t1(controller_name, saveat_name):
     """One step whose end equals `t1` exactly without being clipped there (`dt0 = t1 -
@@ -125,17 +131,33 @@ def test_one_step_ending_exactly_at_t1(controller_name, saveat_name):
     inputs = (term, y0, args, t0, t1, ts * 0.25, t1 - t0)
     saveat = SAVEATS["ts"] if saveat_name == "ts" else SAVEATS["steps_t0_t1"]
     if controller_name == "stepto":
+
         def solve(inputs, adjoint):
             term, y0, args, t0, t1, ts, _ = inputs
             return diffrax.diffeqsolve(
-                term, SOLVERS[0], t0, t1, None, y0, args=args, saveat=saveat(ts),
-                stepsize_controller=diffrax.StepTo(jnp.stack([t0, t1])), adjoint=adjoint,
+                term,
+                SOLVERS[0],
+                t0,
+                t1,
+                None,
+                y0,
+                args=args,
+                saveat=saveat(ts),
+                stepsize_controller=diffrax.StepTo(jnp.stack([t0, t1])),
+                adjoint=adjoint,
             )
     else:
-        solve = lambda inputs, adjoint: _solve(inputs, adjoint, SOLVERS[0], "constant", saveat)
-    grad = lambda adjoint: eqx.filter_jit(eqx.filter_grad(
-        lambda inputs: readout(solve(inputs, adjoint).ys) + 0.3 * readout(solve(inputs, adjoint).ts)
-    ))(inputs)
+        solve = lambda inputs, adjoint: _solve(
+            inputs, adjoint, SOLVERS[0], "constant", saveat
+        )
+    grad = lambda adjoint: eqx.filter_jit(
+        eqx.filter_grad(
+            lambda inputs: (
+                readout(solve(inputs, adjoint).ys)
+                + 0.3 * readout(solve(inputs, adjoint).ts)
+            )
+        )
+    )(inputs)
     want = grad(diffrax.RecursiveCheckpointAdjoint())
     got = grad(ra.ReversibleAdjoint())
     assert max_relative_error(got, want) < RTOL
@@ -144,7 +166,13 @@ def test_one_step_ending_exactly_at_t1(controller_name, saveat_name):
 
 def test_pid_has_rejected_steps():
     inputs = _inputs(0.3)
-    sol = _solve(inputs, ra.ReversibleAdjoint(), SOLVERS[0], "pid", lambda ts: diffrax.SaveAt(t1=True))
+    sol = _solve(
+        inputs,
+        ra.ReversibleAdjoint(),
+        SOLVERS[0],
+        "pid",
+        lambda ts: diffrax.SaveAt(t1=True),
+    )
     assert sol.stats["num_rejected_steps"] > 0
     assert sol.stats["num_accepted_steps"] > 10
 
@@ -155,7 +183,9 @@ SAVEATS = {
     "steps_t0_t1": lambda ts: diffrax.SaveAt(t0=True, t1=True, steps=True),
     "steps_3_t1": lambda ts: diffrax.SaveAt(steps=3, t1=True),
     "ts_and_steps": lambda ts: diffrax.SaveAt(t0=True, ts=ts[1:-1], steps=2, t1=True),
-    "fn": lambda ts: diffrax.SaveAt(ts=ts, t1=True, fn=lambda t, y, args: jnp.cos(t) * y["x"] * args[0]),
+    "fn": lambda ts: diffrax.SaveAt(
+        ts=ts, t1=True, fn=lambda t, y, args: jnp.cos(t) * y["x"] * args[0]
+    ),
     "subs": lambda ts: diffrax.SaveAt(
         subs=[
             diffrax.SubSaveAt(ts=ts[::2], fn=lambda t, y, args: y["v"] ** 2),
@@ -192,7 +222,17 @@ def test_saveat_fn_module_parameters():
         def _grad(w):
             term, y0, args = make_problem()
             saveat = diffrax.SaveAt(ts=jnp.linspace(0.1, 1.9, 5), fn=Readout(w))
-            sol = diffrax.diffeqsolve(term, ra.ReversibleHeun(), 0.0, 2.0, 0.05, y0, args=args, saveat=saveat, adjoint=adjoint)
+            sol = diffrax.diffeqsolve(
+                term,
+                ra.ReversibleHeun(),
+                0.0,
+                2.0,
+                0.05,
+                y0,
+                args=args,
+                saveat=saveat,
+                adjoint=adjoint,
+            )
             return readout(sol.ys)
 
         return _grad(w)
@@ -205,7 +245,8 @@ def test_saveat_fn_module_parameters():
 
 @pytest.mark.parametrize("controller_name", ["constant", "pid"])
 def test_backwards_in_time(controller_name):
-    """`t1 < t0`: diffrax flips time; gradients of the flipped solve must still agree."""
+    """`t1 < t0`: diffrax flips time; gradients of the flipped solve must still
+    agree."""
     term, y0, args, _, _, _, _ = _inputs()
     ts = jnp.array([2.0, 1.6, 0.9, 0.2])
     dt0 = -0.05 if controller_name == "constant" else -0.3
@@ -222,7 +263,17 @@ def test_solver_state_output():
         @eqx.filter_grad
         def _grad(inputs):
             term, y0, args, t0, t1 = inputs
-            sol = diffrax.diffeqsolve(term, ra.ReversibleHeun(), t0, t1, 0.05, y0, args=args, saveat=diffrax.SaveAt(t1=True, solver_state=True), adjoint=adjoint)
+            sol = diffrax.diffeqsolve(
+                term,
+                ra.ReversibleHeun(),
+                t0,
+                t1,
+                0.05,
+                y0,
+                args=args,
+                saveat=diffrax.SaveAt(t1=True, solver_state=True),
+                adjoint=adjoint,
+            )
             return readout(sol.ys) + readout(sol.solver_state)
 
         term, y0, args = make_problem()
@@ -236,17 +287,37 @@ def test_solver_state_output():
 def test_t0_equals_t1():
     """No steps at all: diffrax saves `y0` at every `ts`; gradients still flow."""
     term, y0, args = make_problem()
-    inputs = (term, y0, args, jnp.array(1.0), jnp.array(1.0), jnp.array([1.0, 1.0]), jnp.array(0.05))
-    saveat_fn = lambda ts: diffrax.SaveAt(t0=True, ts=ts, t1=True, fn=lambda t, y, args: t * y["x"])
+    inputs = (
+        term,
+        y0,
+        args,
+        jnp.array(1.0),
+        jnp.array(1.0),
+        jnp.array([1.0, 1.0]),
+        jnp.array(0.05),
+    )
+    saveat_fn = lambda ts: diffrax.SaveAt(
+        t0=True, ts=ts, t1=True, fn=lambda t, y, args: t * y["x"]
+    )
     _check("constant", saveat_fn, inputs=inputs)
 
 
 def test_float32():
     term, y0, args = make_problem(jnp.float32)
     ts = jnp.array([0.1, 0.7, 1.5], dtype=jnp.float32)
-    inputs = (term, y0, args, jnp.array(0.0, jnp.float32), jnp.array(2.0, jnp.float32), ts, jnp.array(0.05, jnp.float32))
+    inputs = (
+        term,
+        y0,
+        args,
+        jnp.array(0.0, jnp.float32),
+        jnp.array(2.0, jnp.float32),
+        ts,
+        jnp.array(0.05, jnp.float32),
+    )
     saveat_fn = lambda ts: diffrax.SaveAt(ts=ts, t1=True)
-    want = _grads(diffrax.RecursiveCheckpointAdjoint(), SOLVERS[0], "constant", saveat_fn, inputs)
+    want = _grads(
+        diffrax.RecursiveCheckpointAdjoint(), SOLVERS[0], "constant", saveat_fn, inputs
+    )
     got = _grads(ra.ReversibleAdjoint(), SOLVERS[0], "constant", saveat_fn, inputs)
     names = ["term", "y0", "args", "t0", "t1", "ts", "dt0"]
     for name, g, w in zip(names, got, want):
@@ -272,8 +343,15 @@ def test_step_to_times_not_differentiated(solver):
         y0, args = inputs
         controller = diffrax.StepTo(jnp.linspace(0.0, 1.0, 11) ** 1.3)
         sol = diffrax.diffeqsolve(
-            term, solver, 0.0, 1.0, None, y0, args=args,
-            stepsize_controller=controller, adjoint=adjoint,
+            term,
+            solver,
+            0.0,
+            1.0,
+            None,
+            y0,
+            args=args,
+            stepsize_controller=controller,
+            adjoint=adjoint,
         )
         return readout(sol.ys)
 
@@ -302,10 +380,20 @@ def test_custom_term_closing_over_parameters():
     _, y0, args = make_problem()
 
     def loss(w, adjoint):
-        field = lambda t, y, args: {"x": -w * y["v"] * jnp.cos(t), "v": w**2 * y["x"] - args[0] * y["v"]}
+        field = lambda t, y, args: {
+            "x": -w * y["v"] * jnp.cos(t),
+            "v": w**2 * y["x"] - args[0] * y["v"],
+        }
         sol = diffrax.diffeqsolve(
-            Term(field), ra.ReversibleHeun(), 0.0, 1.0, 0.05, y0, args=args,
-            saveat=diffrax.SaveAt(ts=jnp.array([0.3, 0.77, 1.0])), adjoint=adjoint,
+            Term(field),
+            ra.ReversibleHeun(),
+            0.0,
+            1.0,
+            0.05,
+            y0,
+            args=args,
+            saveat=diffrax.SaveAt(ts=jnp.array([0.3, 0.77, 1.0])),
+            adjoint=adjoint,
         )
         return readout(sol.ys)
 

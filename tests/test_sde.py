@@ -16,7 +16,6 @@ import reversible_adjoint as ra
 
 from .helpers import assert_nonzero, max_relative_error, readout
 
-
 RTOL = 1e-8
 T0, T1 = 0.0, 2.0
 
@@ -32,8 +31,12 @@ class GridBrownianPath(diffrax.AbstractBrownianPath):
 
     def __init__(self, key, shape, t0, t1, num=4097):
         self.grid = jnp.linspace(t0, t1, num)
-        increments = jr.normal(key, (num - 1, *shape)) * jnp.sqrt(self.grid[1] - self.grid[0])
-        self.values = jnp.concatenate([jnp.zeros((1, *shape)), jnp.cumsum(increments, axis=0)])
+        increments = jr.normal(key, (num - 1, *shape)) * jnp.sqrt(
+            self.grid[1] - self.grid[0]
+        )
+        self.values = jnp.concatenate(
+            [jnp.zeros((1, *shape)), jnp.cumsum(increments, axis=0)]
+        )
 
     @property
     def t0(self):
@@ -45,7 +48,9 @@ class GridBrownianPath(diffrax.AbstractBrownianPath):
 
     def _at(self, t):
         flat = self.values.reshape(len(self.grid), -1)
-        return jax.vmap(lambda v: jnp.interp(t, self.grid, v), in_axes=1)(flat).reshape(self.values.shape[1:])
+        return jax.vmap(lambda v: jnp.interp(t, self.grid, v), in_axes=1)(flat).reshape(
+            self.values.shape[1:]
+        )
 
     def evaluate(self, t0, t1=None, left=True, use_levy=False):
         del left
@@ -81,14 +86,20 @@ class PytreeDrift(eqx.Module):
     W: jax.Array
 
     def __call__(self, t, y, args):
-        return {"a": y["b"] - args[0] * y["a"], "b": -jnp.tanh(self.W @ y["a"]) * jnp.cos(t)}
+        return {
+            "a": y["b"] - args[0] * y["a"],
+            "b": -jnp.tanh(self.W @ y["a"]) * jnp.cos(t),
+        }
 
 
 class PytreeDiffusion(eqx.Module):
     B: jax.Array
 
     def __call__(self, t, y, args):
-        return {"a": args[1] * jnp.diag(jnp.cos(y["a"])), "b": self.B * jnp.sin(y["b"])[:, None]}
+        return {
+            "a": args[1] * jnp.diag(jnp.cos(y["a"])),
+            "b": self.B * jnp.sin(y["b"])[:, None],
+        }
 
 
 def _problem(noise, path="tree", key=jr.PRNGKey(0)):
@@ -98,7 +109,10 @@ def _problem(noise, path="tree", key=jr.PRNGKey(0)):
         y0 = {"a": jnp.array([0.5, -0.4]), "b": jnp.array([0.2, 0.3])}
         leaf = jax.ShapeDtypeStruct((2,), jnp.float64)
         shape = {"a": leaf, "b": leaf}
-        drift, diffusion = PytreeDrift(jr.normal(k1, (2, 2))), PytreeDiffusion(jr.normal(k2, (2, 2)))
+        drift, diffusion = (
+            PytreeDrift(jr.normal(k1, (2, 2))),
+            PytreeDiffusion(jr.normal(k2, (2, 2))),
+        )
     else:
         y0 = jnp.array([0.5, -0.4, 0.3])
         drift = Drift(jr.normal(k1, (3, 3)))
@@ -110,11 +124,25 @@ def _problem(noise, path="tree", key=jr.PRNGKey(0)):
         bm = diffrax.VirtualBrownianTree(T0, T1, tol=1e-4, shape=shape, key=k3)
     else:
         bm = GridBrownianPath(k3, shape, T0, T1)
-    terms = diffrax.MultiTerm(diffrax.ODETerm(drift), diffrax.ControlTerm(diffusion, bm))
+    terms = diffrax.MultiTerm(
+        diffrax.ODETerm(drift), diffrax.ControlTerm(diffusion, bm)
+    )
     return terms, y0, args
 
 
-def _grads(adjoint, solver, controller, terms, y0, args, ts, t0=T0 + 0.1, t1=T1 - 0.1, dt0=0.02, wrt_times=False):
+def _grads(
+    adjoint,
+    solver,
+    controller,
+    terms,
+    y0,
+    args,
+    ts,
+    t0=T0 + 0.1,
+    t1=T1 - 0.1,
+    dt0=0.02,
+    wrt_times=False,
+):
     @eqx.filter_jit
     @eqx.filter_grad
     def grad(inputs):
@@ -122,8 +150,17 @@ def _grads(adjoint, solver, controller, terms, y0, args, ts, t0=T0 + 0.1, t1=T1 
         if not wrt_times:
             t0, t1, dt0 = jax.lax.stop_gradient((t0, t1, dt0))
         sol = diffrax.diffeqsolve(
-            terms, solver, t0, t1, dt0, y0, args=args, saveat=diffrax.SaveAt(ts=ts, t1=True),
-            stepsize_controller=controller, adjoint=adjoint, max_steps=1024,
+            terms,
+            solver,
+            t0,
+            t1,
+            dt0,
+            y0,
+            args=args,
+            saveat=diffrax.SaveAt(ts=ts, t1=True),
+            stepsize_controller=controller,
+            adjoint=adjoint,
+            max_steps=1024,
         )
         return readout(sol.ys)
 
@@ -151,10 +188,20 @@ def test_parity(solver, noise, controller_name):
     terms, y0, args = _problem(noise)
     ts = jnp.array([0.3, 0.75, 1.2, 1.7])
     controller = CONTROLLERS[controller_name]
-    want = _grads(diffrax.RecursiveCheckpointAdjoint(), solver, controller, terms, y0, args, ts)
+    want = _grads(
+        diffrax.RecursiveCheckpointAdjoint(), solver, controller, terms, y0, args, ts
+    )
     got = _grads(ra.ReversibleAdjoint(), solver, controller, terms, y0, args, ts)
     want_terms, want_y0, want_args, want_ts = want[:4]
-    assert_nonzero((want_terms.terms[0].vector_field, want_terms.terms[1].vector_field, want_y0, want_args, want_ts))
+    assert_nonzero(
+        (
+            want_terms.terms[0].vector_field,
+            want_terms.terms[1].vector_field,
+            want_y0,
+            want_args,
+            want_ts,
+        )
+    )
     assert max_relative_error(got[:4], want[:4]) < RTOL
 
 
@@ -165,8 +212,26 @@ def test_time_gradients(controller_name):
     terms, y0, args = _problem("general", path="grid")
     ts = jnp.array([0.3, 0.75, 1.2, 1.7])
     controller = CONTROLLERS[controller_name]
-    want = _grads(diffrax.RecursiveCheckpointAdjoint(), ra.ReversibleHeun(), controller, terms, y0, args, ts, wrt_times=True)
-    got = _grads(ra.ReversibleAdjoint(), ra.ReversibleHeun(), controller, terms, y0, args, ts, wrt_times=True)
+    want = _grads(
+        diffrax.RecursiveCheckpointAdjoint(),
+        ra.ReversibleHeun(),
+        controller,
+        terms,
+        y0,
+        args,
+        ts,
+        wrt_times=True,
+    )
+    got = _grads(
+        ra.ReversibleAdjoint(),
+        ra.ReversibleHeun(),
+        controller,
+        terms,
+        y0,
+        args,
+        ts,
+        wrt_times=True,
+    )
     assert_nonzero(want[1:])
     assert max_relative_error(got, want) < RTOL
 
@@ -178,9 +243,29 @@ def test_time_gradients_through_virtual_brownian_tree_raise():
     ts = jnp.array([0.5, 1.5])
     solver, controller = ra.ReversibleHeun(), CONTROLLERS["constant"]
     with pytest.raises(Exception, match="cannot be autodifferentiated"):
-        _grads(diffrax.RecursiveCheckpointAdjoint(), solver, controller, terms, y0, args, ts, wrt_times=True)
-    with pytest.raises(ValueError, match="VirtualBrownianTree.*not differentiable with respect to time"):
-        _grads(ra.ReversibleAdjoint(), solver, controller, terms, y0, args, ts, wrt_times=True)
+        _grads(
+            diffrax.RecursiveCheckpointAdjoint(),
+            solver,
+            controller,
+            terms,
+            y0,
+            args,
+            ts,
+            wrt_times=True,
+        )
+    with pytest.raises(
+        ValueError, match="VirtualBrownianTree.*not differentiable with respect to time"
+    ):
+        _grads(
+            ra.ReversibleAdjoint(),
+            solver,
+            controller,
+            terms,
+            y0,
+            args,
+            ts,
+            wrt_times=True,
+        )
 
 
 def _strong_order(noise, num_samples=128):
@@ -197,14 +282,30 @@ def _strong_order(noise, num_samples=128):
 
     def solve(key, num_steps):
         bm = diffrax.VirtualBrownianTree(0.0, 1.0, tol=2**-14, shape=(2,), key=key)
-        terms = diffrax.MultiTerm(diffrax.ODETerm(drift), diffrax.ControlTerm(diffusion, bm))
-        sol = diffrax.diffeqsolve(terms, ra.ReversibleHeun(), 0.0, 1.0, 1.0 / num_steps, y0, max_steps=num_steps)
+        terms = diffrax.MultiTerm(
+            diffrax.ODETerm(drift), diffrax.ControlTerm(diffusion, bm)
+        )
+        sol = diffrax.diffeqsolve(
+            terms,
+            ra.ReversibleHeun(),
+            0.0,
+            1.0,
+            1.0 / num_steps,
+            y0,
+            max_steps=num_steps,
+        )
         return sol.ys[-1]
 
     keys = jr.split(jr.PRNGKey(1), num_samples)
     reference = jax.jit(jax.vmap(lambda k: solve(k, 2**11)))(keys)
     errors = [
-        float(jnp.mean(jnp.linalg.norm(jax.jit(jax.vmap(lambda k: solve(k, n)))(keys) - reference, axis=-1)))
+        float(
+            jnp.mean(
+                jnp.linalg.norm(
+                    jax.jit(jax.vmap(lambda k: solve(k, n)))(keys) - reference, axis=-1
+                )
+            )
+        )
         for n in steps
     ]
     return -np.polyfit(np.log(steps), np.log(errors), 1)[0]
@@ -221,7 +322,9 @@ def test_neural_sde_trains():
     key = jr.PRNGKey(0)
     k1, k2, k3 = jr.split(key, 3)
     drift = eqx.nn.MLP(2, 2, 16, 1, activation=jnp.tanh, key=k1)
-    diffusion = eqx.nn.MLP(2, 2, 16, 1, activation=jnp.tanh, final_activation=jax.nn.softplus, key=k2)
+    diffusion = eqx.nn.MLP(
+        2, 2, 16, 1, activation=jnp.tanh, final_activation=jax.nn.softplus, key=k2
+    )
     model = (drift, diffusion)
     y0 = jnp.array([0.0, 0.0])
     target = jnp.array([1.0, -0.5])
@@ -234,9 +337,19 @@ def test_neural_sde_trains():
             bm = diffrax.VirtualBrownianTree(0.0, 1.0, tol=1e-3, shape=(2,), key=key)
             terms = diffrax.MultiTerm(
                 diffrax.ODETerm(lambda t, y, args: drift(y)),
-                diffrax.ControlTerm(lambda t, y, args: lx.DiagonalLinearOperator(0.2 * diffusion(y)), bm),
+                diffrax.ControlTerm(
+                    lambda t, y, args: lx.DiagonalLinearOperator(0.2 * diffusion(y)), bm
+                ),
             )
-            sol = diffrax.diffeqsolve(terms, ra.ReversibleHeun(), 0.0, 1.0, 0.05, y0, adjoint=ra.ReversibleAdjoint())
+            sol = diffrax.diffeqsolve(
+                terms,
+                ra.ReversibleHeun(),
+                0.0,
+                1.0,
+                0.05,
+                y0,
+                adjoint=ra.ReversibleAdjoint(),
+            )
             return sol.ys[-1]
 
         return jnp.mean(jnp.sum((jax.vmap(sample)(keys) - target) ** 2, axis=-1))
@@ -262,7 +375,19 @@ def _sde_temp_bytes(adjoint, num_steps):
     y0 = jnp.tile(y0, (2, 1))
 
     def loss(y0, args):
-        solve = lambda y: diffrax.diffeqsolve(terms, ra.ReversibleHeun(), T0, T1, (T1 - T0) / num_steps, y, args=args, adjoint=adjoint, max_steps=num_steps).ys
+        solve = lambda y: (
+            diffrax.diffeqsolve(
+                terms,
+                ra.ReversibleHeun(),
+                T0,
+                T1,
+                (T1 - T0) / num_steps,
+                y,
+                args=args,
+                adjoint=adjoint,
+                max_steps=num_steps,
+            ).ys
+        )
         return jnp.sum(jax.vmap(solve)(y0) ** 2)
 
     compiled = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(y0, args).compile()
@@ -273,7 +398,9 @@ def test_memory_flat_in_steps():
     small = _sde_temp_bytes(ra.ReversibleAdjoint(), 100)
     large = _sde_temp_bytes(ra.ReversibleAdjoint(), 5000)
     assert large - small <= 2 * 8 * (5000 - 100), (small, large)
-    store_all = _sde_temp_bytes(diffrax.RecursiveCheckpointAdjoint(checkpoints=5000), 5000)
+    store_all = _sde_temp_bytes(
+        diffrax.RecursiveCheckpointAdjoint(checkpoints=5000), 5000
+    )
     assert large * 10 < store_all
 
 
@@ -282,5 +409,16 @@ def test_ito_solver_refused():
         pass
 
     terms, y0, args = _problem("general")
-    with pytest.raises(NotImplementedError, match=r"Itô.*Stratonovich.*RecursiveCheckpointAdjoint"):
-        diffrax.diffeqsolve(terms, ItoReversibleHeun(), T0, T1, 0.1, y0, args=args, adjoint=ra.ReversibleAdjoint())
+    with pytest.raises(
+        NotImplementedError, match=r"Itô.*Stratonovich.*RecursiveCheckpointAdjoint"
+    ):
+        diffrax.diffeqsolve(
+            terms,
+            ItoReversibleHeun(),
+            T0,
+            T1,
+            0.1,
+            y0,
+            args=args,
+            adjoint=ra.ReversibleAdjoint(),
+        )

@@ -12,7 +12,6 @@ import reversible_adjoint as ra
 
 from .helpers import assert_nonzero, make_problem, max_relative_error, mlp_term, readout
 
-
 RTOL = 1e-8
 
 
@@ -24,13 +23,22 @@ def test_vmap_over_y0_and_ts():
     def grad(adjoint):
         def loss(y0, ts, args):
             sol = diffrax.diffeqsolve(
-                term, ra.ReversibleHeun(), 0.0, 2.0, 0.05, y0, args=args,
-                saveat=diffrax.SaveAt(ts=ts), adjoint=adjoint,
+                term,
+                ra.ReversibleHeun(),
+                0.0,
+                2.0,
+                0.05,
+                y0,
+                args=args,
+                saveat=diffrax.SaveAt(ts=ts),
+                adjoint=adjoint,
                 stepsize_controller=diffrax.PIDController(rtol=1e-4, atol=1e-6),
             )
             return readout(sol.ys)
 
-        return jax.jit(jax.vmap(jax.grad(loss, argnums=(0, 1, 2)), in_axes=(0, 0, None)))(y0s, ts, args)
+        return jax.jit(
+            jax.vmap(jax.grad(loss, argnums=(0, 1, 2)), in_axes=(0, 0, None))
+        )(y0s, ts, args)
 
     want = grad(diffrax.RecursiveCheckpointAdjoint())
     got = grad(ra.ReversibleAdjoint())
@@ -50,7 +58,17 @@ def test_grad_of_vmapped_loss():
             term, args = term_args
 
             def solve(y0):
-                sol = diffrax.diffeqsolve(term, ra.ReversibleHeun(), 0.0, 1.5, 0.02, y0, args=args, saveat=diffrax.SaveAt(t1=True), adjoint=adjoint)
+                sol = diffrax.diffeqsolve(
+                    term,
+                    ra.ReversibleHeun(),
+                    0.0,
+                    1.5,
+                    0.02,
+                    y0,
+                    args=args,
+                    saveat=diffrax.SaveAt(t1=True),
+                    adjoint=adjoint,
+                )
                 return readout(sol.ys)
 
             return jnp.sum(jax.vmap(solve)(y0s))
@@ -74,7 +92,18 @@ def test_mlp_vector_field():
         @eqx.filter_grad
         def _grad(inputs):
             term, y0, args, ts = inputs
-            sol = diffrax.diffeqsolve(term, diffrax.ReversibleHeun(), 0.0, 3.0, 0.05, y0, args=args, saveat=diffrax.SaveAt(ts=ts), adjoint=adjoint, stepsize_controller=diffrax.PIDController(rtol=1e-5, atol=1e-7))
+            sol = diffrax.diffeqsolve(
+                term,
+                diffrax.ReversibleHeun(),
+                0.0,
+                3.0,
+                0.05,
+                y0,
+                args=args,
+                saveat=diffrax.SaveAt(ts=ts),
+                adjoint=adjoint,
+                stepsize_controller=diffrax.PIDController(rtol=1e-5, atol=1e-7),
+            )
             return readout(sol.ys)
 
         return _grad((term, y0, jnp.array(1.3), ts))
@@ -90,7 +119,18 @@ def test_max_steps_overflow():
     term, y0, args = make_problem()
 
     def solve(adjoint, throw, y0=y0):
-        return diffrax.diffeqsolve(term, ra.ReversibleHeun(), 0.0, 2.0, 0.05, y0, args=args, adjoint=adjoint, max_steps=10, throw=throw)
+        return diffrax.diffeqsolve(
+            term,
+            ra.ReversibleHeun(),
+            0.0,
+            2.0,
+            0.05,
+            y0,
+            args=args,
+            adjoint=adjoint,
+            max_steps=10,
+            throw=throw,
+        )
 
     with pytest.raises(Exception, match="maximum number of solver steps"):
         solve(ra.ReversibleAdjoint(), True)
@@ -113,7 +153,17 @@ def test_forward_values_unchanged():
     outs = []
     for solver in (ra.ReversibleHeun(), diffrax.ReversibleHeun()):
         for adjoint in (ra.ReversibleAdjoint(), diffrax.RecursiveCheckpointAdjoint()):
-            sol = diffrax.diffeqsolve(term, solver, 0.0, 2.0, 0.05, y0, args=args, saveat=diffrax.SaveAt(ts=ts, t1=True), adjoint=adjoint)
+            sol = diffrax.diffeqsolve(
+                term,
+                solver,
+                0.0,
+                2.0,
+                0.05,
+                y0,
+                args=args,
+                saveat=diffrax.SaveAt(ts=ts, t1=True),
+                adjoint=adjoint,
+            )
             outs.append(sol.ys)
     for out in outs[1:]:
         assert max_relative_error(out, outs[0]) == 0
@@ -127,11 +177,24 @@ def test_closed_over_parameters():
     def grad(adjoint):
         def loss(a, w):
             term = diffrax.ODETerm(lambda t, y, args: -a * y + jnp.sin(t) * y[::-1])
-            saveat = diffrax.SaveAt(ts=jnp.linspace(0.1, 1.0, 4), fn=lambda t, y, args: w * y)
-            sol = diffrax.diffeqsolve(term, ra.ReversibleHeun(), 0.0, 1.0, 0.05, y0, saveat=saveat, adjoint=adjoint)
+            saveat = diffrax.SaveAt(
+                ts=jnp.linspace(0.1, 1.0, 4), fn=lambda t, y, args: w * y
+            )
+            sol = diffrax.diffeqsolve(
+                term,
+                ra.ReversibleHeun(),
+                0.0,
+                1.0,
+                0.05,
+                y0,
+                saveat=saveat,
+                adjoint=adjoint,
+            )
             return readout(sol.ys)
 
-        return jax.jit(jax.grad(loss, argnums=(0, 1)))(jnp.array(0.5), jnp.array([2.0, -1.0]))
+        return jax.jit(jax.grad(loss, argnums=(0, 1)))(
+            jnp.array(0.5), jnp.array([2.0, -1.0])
+        )
 
     want = grad(diffrax.RecursiveCheckpointAdjoint())
     assert_nonzero(want)

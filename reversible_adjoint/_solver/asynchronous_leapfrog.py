@@ -144,8 +144,9 @@ class AsynchronousLeapfrog(AbstractReversibleSolver, diffrax.AbstractAdaptiveSol
             )
         if self.eta == 0.5:
             raise ValueError(
-                "`AsynchronousLeapfrog(eta=0.5)` is not invertible: its inverse divides "
-                "by `1 - 2 * eta = 0`. Use `eta=1.0` (plain asynchronous leapfrog)."
+                "`AsynchronousLeapfrog(eta=0.5)` is not invertible: its inverse "
+                "divides by `1 - 2 * eta = 0`. Use `eta=1.0` (plain asynchronous "
+                "leapfrog)."
             )
         if self.eta != 1:
             warnings.warn(

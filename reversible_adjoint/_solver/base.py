@@ -104,7 +104,10 @@ class AbstractReversibleSolver(diffrax.AbstractSolver):
         with a plain evaluation of the vector field.
         """
         del made_jump
-        if type(self).fused_backward_step is AbstractReversibleSolver.fused_backward_step:
+        if (
+            type(self).fused_backward_step
+            is AbstractReversibleSolver.fused_backward_step
+        ):
             raise NotImplementedError(
                 f"`{type(self).__name__}` must implement `backward_step`, the exact "
                 "inverse of `step` (or `fused_backward_step`)."

@@ -111,7 +111,16 @@ class LeapfrogMidpoint(AbstractReversibleSolver):
         return y1, None, dense_info, (t0, y0), diffrax.RESULTS.successful
 
     def backward_step(
-        self, terms, t0, t1, y1, args, solver_state: _SolverState, made_jump, *, t_previous
+        self,
+        terms,
+        t0,
+        t1,
+        y1,
+        args,
+        solver_state: _SolverState,
+        made_jump,
+        *,
+        t_previous,
     ) -> tuple[PyTree, _SolverState]:
         """Inverts one step; see
         [`reversible_adjoint.AbstractReversibleSolver.backward_step`][].

@@ -97,9 +97,7 @@ class ReversibleHeun(
     ) -> tuple[PyTree, PyTree, dict[str, PyTree], _SolverState, diffrax.RESULTS]:
         yhat0, vf0 = solver_state
         if made_jump is not False:
-            vf0 = lax.cond(
-                made_jump, lambda: terms.vf(t0, y0, args), lambda: vf0
-            )
+            vf0 = lax.cond(made_jump, lambda: terms.vf(t0, y0, args), lambda: vf0)
         control = terms.contr(t0, t1)
         yhat1 = _leapfrog(terms, y0, yhat0, vf0, control)
         vf1 = terms.vf(t1, yhat1, args)
