@@ -1,3 +1,5 @@
+import os
+
 import jax
 import pytest
 
@@ -15,6 +17,8 @@ def _free_compiled_programs():
 
 
 def pytest_collection_finish(session):
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return  # Under `pytest -n`, the worker given `test_notebooks.py` runs them.
     # Notebooks run in their own kernels: start them now, in the background, so that
     # they use the core JAX's single-threaded compilation leaves idle.
     paths = [

@@ -65,6 +65,15 @@ def test_gradient_parity(solver, controller_name):
     check_parity_constant_or_step_to(_inputs(), solver, controller_name, NAMES, RTOL)
 
 
+def test_gradient_parity_with_checkpoints():
+    """As above, restarting from a checkpoint every 7 of the 40 steps (and so
+    recomputing the step times between them)."""
+    adjoint = ra.ReversibleAdjoint(checkpoint_every=7)
+    check_parity_constant_or_step_to(
+        _inputs(), SOLVERS[0], "constant", NAMES, RTOL, adjoint
+    )
+
+
 def test_step_to_grid_gradient():
     """Gradient with respect to the times of a non-uniform `StepTo` grid."""
     check_step_to_grid_gradient(_inputs(), SOLVERS[0], RTOL)
