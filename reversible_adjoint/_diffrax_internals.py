@@ -54,7 +54,7 @@ def check_version(version: str):
             "installed: older versions lay out `SaveAt(steps=...)` differently, and "
             f"gradients would be wrong: `pip install diffrax=={tested}`."
         )
-    if release[:2] != TESTED[:2] or release > TESTED:
+    if release > TESTED:
         warnings.warn(
             f"`reversible_adjoint` is tested with diffrax {tested}, and diffrax "
             f"{version} is installed: check your gradients against "

@@ -172,9 +172,15 @@ class GridRecord(eqx.Module):
 
 
 def _write_slot(buffers, slot, due, new):
-    return jtu.tree_map(
-        lambda b, x: b.at[slot].set(jnp.where(due, x, b[slot])), buffers, new
-    )
+    """Writes `new` into entry `slot` of each array of `buffers`, if `due`; leaves
+    that are not arrays are kept once, unstacked."""
+
+    def write(buffer, x):
+        if not eqx.is_array(buffer):
+            return buffer
+        return buffer.at[slot].set(jnp.where(due, x, buffer[slot]))
+
+    return jtu.tree_map(write, buffers, new)
 
 
 class Checkpoints(eqx.Module):
@@ -191,13 +197,7 @@ class Checkpoints(eqx.Module):
         count = num_accepted + 1
         due = keep & (count % self.every == 0)
         slot = jnp.maximum(count // self.every - 1, 0)
-
-        def write_leaf(buffer, new):
-            if not eqx.is_array(buffer):
-                return buffer
-            return buffer.at[slot].set(jnp.where(due, new, buffer[slot]))
-
-        states = jtu.tree_map(write_leaf, self.states, (y1, solver_state1))
+        states = _write_slot(self.states, slot, due, (y1, solver_state1))
         return Checkpoints(self.every, states)
 
     def read(self, j):
