@@ -70,6 +70,7 @@ from ._solver.reversible import Reversible
 from ._solver.reversible_heun import ReversibleHeun
 from ._solver.semi_implicit_euler import SemiImplicitEuler
 from ._step_record import (
+    GridRecord,
     ReportingSolver,
     as_tangent_tuple,
     init_checkpoints,
@@ -500,11 +501,8 @@ def _reversible_loop_bwd(residuals, grad_out, perturbed, inputs, *, static):
     # The solve is undone in stretches of `every` steps, last to first: each starts
     # from a checkpoint (if any) and has its step times recomputed (if the record is a
     # `GridRecord`). Without checkpoints, one stretch of every step.
-    replays = getattr(record, "every", None)
-    if checkpoints is not None:
-        every = checkpoints.every
-    else:
-        every = static.max_steps + 1 if replays is None else replays
+    recomputes = isinstance(record, GridRecord)
+    every = static.max_steps + 1 if checkpoints is None else checkpoints.every
     controller = recording_controller(
         _controller(inputs, static), inputs["t1"], t1_tangent
     )
@@ -774,7 +772,7 @@ def _reversible_loop_bwd(residuals, grad_out, perturbed, inputs, *, static):
                 measured = drift.measure((y, state), stored, restart=carry.k + 1)
                 drift = jtu.tree_map(ft.partial(jnp.where, restart), measured, drift)
             y, state = jtu.tree_map(ft.partial(jnp.where, restart), stored, (y, state))
-        times = None if replays is None else record.stretch(stretch, controller)
+        times = record.stretch(stretch, controller) if recomputes else None
         carry = dataclasses.replace(
             carry, y=y, solver_state=state, drift=drift, times=times
         )
@@ -793,7 +791,7 @@ def _reversible_loop_bwd(residuals, grad_out, perturbed, inputs, *, static):
         term_carry=term_carry,
         drift=None if checking is None else _DriftRecord.init(num_accepted, end),
         # The times of the current stretch, if recomputed; else read from `record`.
-        times=None if replays is None else times,
+        times=times if recomputes else None,
     )
     carry = lax.while_loop(lambda c: c.k >= 0, stretch_back, carry)
     y_rec, state_rec, drift = carry.y, carry.solver_state, carry.drift

@@ -12,13 +12,13 @@ that moves or changes any of these names should only need this module changed.
 - `clip_to_end`, `clip_floor`: the clip of `tnext` to `t1` that diffrax's loop applies
   after every call of the step size controller, reproduced exactly.
 
-Older versions differ: 0.7.0 clips `tnext` to `t1` with a fixed tolerance (handled
-here), but also saves `SaveAt(steps=...)` differently, and the backward pass, which
-reads diffrax's save buffers (`_save_layout.py`), then gets wrong gradients. So
-`check_version` refuses anything older than 0.7.2 at import.
+Older versions differ: 0.7.0 clips `tnext` to `t1` with a fixed tolerance (and
+`_clip_to_end` takes no `t1_clip_floor`), and saves `SaveAt(steps=...)` differently,
+so that the backward pass, which reads diffrax's save buffers (`_save_layout.py`),
+would get wrong gradients. `check_version` refuses anything older than 0.7.2 at
+import.
 """
 
-import inspect
 import warnings
 
 import diffrax
@@ -65,16 +65,10 @@ def check_version(version: str):
 
 check_version(diffrax.__version__)
 
-# diffrax 0.7.2 clips `tnext` to `t1` above `t1` less 100 ULPs (passed in as
-# `t1_clip_floor`); 0.7.0 and 0.7.1 above `t1` less a fixed tolerance.
-_CLIP_TAKES_FLOOR = "t1_clip_floor" in inspect.signature(_clip_to_end).parameters
-
 
 def clip_floor(t1):
-    """`t1` less 100 ULPs: the threshold above which diffrax 0.7.2's loop rounds
-    `tnext` to `t1` (the same computation as the loop's). Unused before 0.7.2."""
-    if not _CLIP_TAKES_FLOOR:
-        return t1
+    """`t1` less 100 ULPs: the threshold above which diffrax's loop rounds `tnext` to
+    `t1` (the same computation as the loop's)."""
     floor = t1
     for _ in range(100):
         floor = eqxi.prevbefore(floor)
@@ -84,6 +78,4 @@ def clip_floor(t1):
 def clip_to_end(tprev, tnext, t1, t1_clip_floor, keep_step):
     """The clip of `tnext` to `t1` diffrax's loop applies after each controller call;
     `t1_clip_floor` is `clip_floor(t1)`."""
-    if _CLIP_TAKES_FLOOR:
-        return _clip_to_end(tprev, tnext, t1, t1_clip_floor, keep_step)
-    return _clip_to_end(tprev, tnext, t1, keep_step)
+    return _clip_to_end(tprev, tnext, t1, t1_clip_floor, keep_step)
