@@ -23,6 +23,8 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 from jaxtyping import Array, PyTree
 
+from ._solver.reversible import Reversible
+
 
 class ReconstructionDriftWarning(UserWarning):
     """Warns that `ReversibleAdjoint`'s backward pass reconstructed the start of the
@@ -172,3 +174,60 @@ def check_drift(
     measured = "a relative error (`on_drift='warn'` reports its size)"
     message = drift_message(measured, solver_name, rtol, dtype)
     return eqx.error_if(x, drift > rtol, message)
+
+
+def narrowest_dtype(y0) -> jnp.dtype:
+    """The floating dtype of the least precise leaf of `y0`: the one whose round-off
+    sets the scale of the drift."""
+    dtypes = [
+        jnp.result_type(x) for x in jtu.tree_leaves(y0) if eqx.is_inexact_array(x)
+    ]
+    if not dtypes:
+        return jnp.result_type(float)
+    return max(dtypes, key=lambda dtype: jnp.finfo(dtype).eps)
+
+
+def solver_name(solver) -> str:
+    """How the drift message names `solver`."""
+    if isinstance(solver, Reversible):
+        base = type(solver.solver).__name__
+        return f"`Reversible({base}(), coupling={solver.coupling})`"
+    return f"`{type(solver).__name__}`"
+
+
+class DriftRecord(eqx.Module):
+    """What the drift check needs from the backward loop: the worst drift measured
+    so far and over how many steps it grew, the step from which the reconstruction
+    now runs (the end of the solve, or the last checkpoint it restarted from), and
+    the largest magnitudes of `y` and of the solver state among the exact states met
+    so far: the end of the solve and the checkpoints (the scale of `relative_drift`).
+    (A running maximum along the whole reconstructed trajectory would be a better
+    scale for solutions that pass near zero, but costs about 8% of the backward
+    pass: one reduction per step.)"""
+
+    worst: Array
+    steps: Array
+    restart: Array
+    scales: tuple
+
+    @staticmethod
+    def init(num_accepted, end):
+        scales = magnitudes(end)
+        dtype = jnp.result_type(*[x for x in scales if x is not None], jnp.float32)
+        zero = jnp.zeros((), dtype)
+        return DriftRecord(zero, jnp.zeros((), jnp.int32), num_accepted, scales)
+
+    def measure(self, reconstructed, true, restart=None):
+        """Measures the drift of `reconstructed` against `true`, reconstructed since
+        `self.restart`; the reconstruction then runs from `restart` (if given)."""
+        scales = larger(self.scales, magnitudes(true))
+        drift = relative_drift(reconstructed, true, scales).astype(self.worst.dtype)
+        worse = drift > self.worst
+        return DriftRecord(
+            jnp.where(worse, drift, self.worst),
+            jnp.where(
+                worse, self.restart - (0 if restart is None else restart), self.steps
+            ),
+            self.restart if restart is None else restart,
+            scales,
+        )

@@ -1,0 +1,604 @@
+"""The backward pass of `ReversibleAdjoint`, in named stages.
+
+`backward` runs them in order:
+
+1. `_pull_back_end`: the cotangents of the final state, and of the values saved at the
+   end of the solve (`SaveAt(t1=True)`, the last step's `SaveAt(steps=...)` value).
+2. A `lax.while_loop` over the accepted steps, last to first, in stretches
+   (`_stretch_back`): from checkpoint to checkpoint (each restarts from its
+   checkpoint, and recomputes its step times if the grid is known), or, without
+   checkpoints, one stretch of every step. Each step (`_step_back`)
+   1. calls the solver's `AdjointTerm`: reconstruct the step's inputs with the exact
+      inverse, and get the step's pullback;
+   2. pulls back the `SaveAt(steps=...)` value saved at the step's start, i.e. at the
+      end of the previous step (if any), which needs the reconstructed `y0`
+      (`_pull_back_step_saves`);
+   3. pulls back every `SaveAt(ts=...)` value inside the step through the solver's
+      dense interpolation, which yields the cotangent of the dense output and of each
+      save time, emitted into the `ts` cotangent once, as the loop crosses that step
+      (`_pull_back_snapshots`);
+   4. applies the step's pullback, accumulates the cotangents of `args` and of the
+      terms, and turns the cotangents of the step's two times into cotangents of the
+      time inputs through the recorded tangents (`TimeCotangent`).
+3. `_pull_back_start`: the values saved at `t0`.
+4. `_input_cotangents`: everything gathered, as cotangents of the custom VJP's inputs;
+   then the drift check.
+
+Where each saved value sits in its `SubSaveAt`'s buffer is `SaveLayout`'s business
+(`_save_layout.py`). What does not depend on the loop (`solver.init`,
+`stepsize_controller.init`, the time direction, ...) is outside the custom VJP, so JAX
+differentiates it as usual.
+"""
+
+import dataclasses
+import functools as ft
+from typing import Any
+
+import equinox as eqx
+import equinox.internal as eqxi
+import jax.lax as lax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+from jaxtyping import Array, PyTree
+
+from ._adjoint_term import AdjointTerm
+from ._cotangents import (
+    add,
+    entry,
+    filter_vjp,
+    mask,
+    materialise,
+    or_zero,
+    zeros_like_inexact,
+)
+from ._diffrax_internals import SaveState
+from ._drift import DriftRecord, check_drift, narrowest_dtype, solver_name
+from ._save_layout import SaveLayout
+from ._step_record import GridRecord, recording_controller
+from ._time_tangents import TimeCotangent
+
+_REVERSE_OVER_REVERSE = (
+    "`ReversibleAdjoint`'s backward pass cannot itself be differentiated in reverse "
+    "mode (`jax.grad` of `jax.grad`): it is a `lax.while_loop` over a number of steps "
+    "known only at run time (as is `diffrax.RecursiveCheckpointAdjoint`'s). Use "
+    "forward-over-reverse instead: `jax.hessian`, `jax.jacfwd(jax.grad(...))`, or "
+    "Hessian-vector products as `jax.jvp(jax.grad(f), (x,), (v,))`."
+)
+
+
+class Residuals(eqx.Module):
+    """What the forward pass keeps for the backward pass: the final `y` and solver
+    state, the step record (`StepRecord` or `GridRecord`), the tangents of the final
+    `(tprev, tnext, controller state)` (`None` if no time input is differentiated),
+    the tangent of `t1`, and the checkpoints (or `None`)."""
+
+    y: PyTree
+    solver_state: PyTree
+    record: Any
+    final_tangents: Any
+    t1_tangent: Array
+    checkpoints: Any
+
+
+class Sub(eqx.Module):
+    """One `SubSaveAt`, seen by the backward pass: its buffer layout, its `fn`, the
+    cotangents of its saved values and times, and whether its `ts` are
+    differentiated."""
+
+    layout: SaveLayout
+    fn: Any
+    ct_ts: Any
+    ct_ys: Any
+    ts_perturbed: bool = eqx.field(static=True)
+
+
+class SubCotangent(eqx.Module):
+    """The cotangents accumulated for one `SubSaveAt`: of its `ts`, and of the arrays
+    in its `fn`."""
+
+    ts: Any
+    fn: Any
+
+    def add(self, ct_fn=None, index=None, ct_t=None):
+        """Adds `ct_fn` to the cotangent of `fn`, and `ct_t` to that of `ts[index]`."""
+        ts, fn = self.ts, self.fn
+        if ct_fn is not None:
+            fn = add(fn, ct_fn)
+        if index is not None:
+            ts = ts.at[index].add(ct_t)
+        return SubCotangent(ts, fn)
+
+
+def _replace(items, j, item):
+    return items[:j] + [item] + items[j + 1 :]
+
+
+class _Context(eqx.Module):
+    """What every stage of one backward pass reads, and none changes.
+
+    - `terms`, `args`: as solved.
+    - `adjoint_term`: undoes one step (the solver's `AdjointTerm`).
+    - `interpolation_cls`: the solver's dense interpolation.
+    - `subs`: each `SubSaveAt` (`Sub`).
+    - `with_time`: whether to differentiate with respect to the step times (only if
+        some time input is differentiated: it costs time, and an SDE's Brownian motion
+        cannot be differentiated with respect to time at all).
+    - `with_dense`: whether some `SubSaveAt` saves `ts` (read from the dense output).
+    - `num_accepted`: the number of accepted steps.
+    - `zero_time`: a zero of the dtype of time cotangents.
+    - `t0_equals_t1`: whether the solve took no step because `t0 == t1`.
+    - `step_to_ts`: the times of `StepTo(ts=...)` if they are differentiated, else
+        `None`.
+    - `record`, `controller`, `checkpoints`: the step record, the controller that
+        recomputes its stretches, the stored states (or `None`).
+    - `every`: the length of a stretch.
+    """
+
+    terms: PyTree
+    args: PyTree
+    adjoint_term: AdjointTerm
+    interpolation_cls: Any = eqx.field(static=True)
+    subs: list
+    with_time: bool = eqx.field(static=True)
+    with_dense: bool = eqx.field(static=True)
+    num_accepted: Array
+    zero_time: Array
+    t0_equals_t1: Array
+    step_to_ts: Array | None
+    record: Any
+    controller: Any
+    checkpoints: Any
+    every: int = eqx.field(static=True)
+
+    def add_time(self, a_time: TimeCotangent, ct_t, k, times) -> TimeCotangent:
+        """Adds the cotangent `ct_t` of the accepted time `times.time(k)`."""
+        return a_time.add(ct_t, k, times, self.step_to_ts, self.num_accepted)
+
+
+class _BackwardCarry(eqx.Module):
+    """The state of the backward loop before undoing accepted step `k`: the state
+    after it (`y`, `solver_state`); the cotangents of `y`, of the solver state, of
+    `args`, of the terms, of the time inputs (`TimeCotangent`) and of each
+    `SubSaveAt` (`SubCotangent`) gathered so far; what the `AdjointTerm` carries from
+    one step to the next; the drift record (`None` if not checked); and the step
+    times of the current stretch if they are recomputed (else `None`: read from the
+    record)."""
+
+    k: Array
+    y: PyTree
+    solver_state: PyTree
+    a_y: PyTree
+    a_state: PyTree
+    a_args: PyTree
+    a_terms: PyTree
+    a_time: TimeCotangent
+    a_subs: list
+    term_carry: Any
+    drift: DriftRecord | None
+    times: Any
+
+
+def _save_pullback(fn, t, y, args, ct, with_time):
+    """Cotangents of `(t, y, args, fn)`, given the cotangent `ct` of `fn(t, y, args)`
+    (`None` for `t` unless `with_time`)."""
+    _, pullback = filter_vjp(
+        lambda _t, _y, _a, _f: _f(_t, _y, _a),
+        (t, y, args, fn),
+        (with_time, True, True, True),
+    )
+    return pullback(ct)
+
+
+#
+# Saved values.
+#
+
+
+def _pull_back_step_saves(ctx: _Context, j, t_j1, y_j1, a_subs):
+    """`SaveAt(steps=n)`: cotangents from the value saved at the end of step `j`
+    (at `t_j1`, equal to `y_j1`), if it was saved; none for `j = -1`. Returns those
+    of `(y_j1, t_j1, args)`, and `a_subs` with those of `fn` added."""
+    c_y = zeros_like_inexact(y_j1)
+    c_t = ctx.zero_time
+    c_args = zeros_like_inexact(ctx.args)
+    for i, sub in enumerate(ctx.subs):
+        if sub.layout.steps == 0:
+            continue
+        due = sub.layout.steps_due(j)
+        index = sub.layout.steps_index(j, t_j1)
+        ct = mask(entry(sub.ct_ys, index), due)
+        s_t, s_y, s_args, s_fn = _save_pullback(
+            sub.fn, t_j1, y_j1, ctx.args, ct, ctx.with_time
+        )
+        c_y = add(c_y, s_y)
+        c_t = c_t + or_zero(s_t, ctx.zero_time) + jnp.where(due, sub.ct_ts[index], 0)
+        c_args = add(c_args, s_args)
+        a_subs = _replace(a_subs, i, a_subs[i].add(ct_fn=s_fn))
+    return c_y, c_t, c_args, a_subs
+
+
+def _snapshot(interpolation_cls, t, t_k, t_k1, dense_info, args, fn):
+    interpolation = interpolation_cls(t0=t_k, t1=t_k1, **dense_info)
+    return fn(t, interpolation.evaluate(t), args)
+
+
+def _pull_back_snapshots(ctx: _Context, k, t_k, t_k1, dense_info, a_args, a_subs):
+    """Cotangents of the dense output and of the step's times from every
+    `SaveAt(ts=...)` value inside step `k`; the cotangents of the save times
+    themselves go straight into the `ts` cotangent. Returns those of the dense output,
+    `t_k` and `t_k1`, and `a_args` and `a_subs` with the others added."""
+    ct_dense = zeros_like_inexact(dense_info)
+    a_t_k = a_t_k1 = ctx.zero_time
+    snapshot = ft.partial(_snapshot, ctx.interpolation_cls)
+    for j, sub in enumerate(ctx.subs):
+        layout = sub.layout
+        if layout.ts is None:
+            continue
+        lo = layout.ts_saved(k, t_k)
+        hi = layout.ts_saved(k + 1, t_k1)
+
+        def body(c, sub=sub):
+            i, ct_dense, a_t_k, a_t_k1, a_args, a_sub = c
+            index = sub.layout.ts_index(k, i)
+            with_time = ctx.with_time
+            _, pullback = filter_vjp(
+                snapshot,
+                (sub.layout.ts[i], t_k, t_k1, dense_info, ctx.args, sub.fn),
+                (sub.ts_perturbed, with_time, with_time, True, True, True),
+            )
+            c_t, c_tk, c_tk1, c_dense, c_args, c_fn = pullback(entry(sub.ct_ys, index))
+            ct_t = or_zero(c_t, ctx.zero_time) + sub.ct_ts[index]
+            return (
+                i + 1,
+                add(ct_dense, c_dense),
+                a_t_k + or_zero(c_tk, ctx.zero_time),
+                a_t_k1 + or_zero(c_tk1, ctx.zero_time),
+                add(a_args, c_args),
+                a_sub.add(ct_fn=c_fn, index=i, ct_t=ct_t),
+            )
+
+        init = (lo, ct_dense, a_t_k, a_t_k1, a_args, a_subs[j])
+        c = lax.while_loop(lambda c, hi=hi: c[0] < hi, body, init)
+        _, ct_dense, a_t_k, a_t_k1, a_args, a_sub = c
+        a_subs = _replace(a_subs, j, a_sub)
+    return ct_dense, a_t_k, a_t_k1, a_args, a_subs
+
+
+#
+# The stages.
+#
+
+
+def _pull_back_end(ctx, grad_state, residuals, times, controller_state, drift):
+    """The carry of the backward loop before its first step: the cotangents of the
+    final state (`grad_state`), of the values saved at the end of the solve, and of
+    the last step's last evaluation if the `AdjointTerm` settles it there."""
+    zero = ctx.zero_time
+    num_accepted = ctx.num_accepted
+    y_final, state_final = residuals.y, residuals.solver_state
+    a_subs = [
+        SubCotangent(zeros_like_inexact(sub.layout.ts), zeros_like_inexact(sub.fn))
+        for sub in ctx.subs
+    ]
+    t_final = times.time(num_accepted)
+    a_y = materialise(grad_state.y, y_final)
+    a_state = materialise(grad_state.solver_state, state_final)
+    a_args = zeros_like_inexact(ctx.args)
+    a_terms = zeros_like_inexact(ctx.terms)
+    # `a_t_final`: the cotangent of the final time as the loop saved it (clipped to
+    # `t1`); see `_step_record.py`.
+    a_t_final = or_zero(grad_state.tprev, zero)
+    # `SaveAt(t1=True)`.
+    for j, sub in enumerate(ctx.subs):
+        saved = sub.layout.t1_due(num_accepted)
+        if saved is False:
+            continue  # Not saved, or always saved as the last step's `steps` value.
+        index = sub.layout.t1_index(num_accepted, t_final, ctx.t0_equals_t1)
+        ct = mask(entry(sub.ct_ys, index), saved)
+        c_t, c_y, c_args, c_fn = _save_pullback(
+            sub.fn, t_final, y_final, ctx.args, ct, ctx.with_time
+        )
+        a_y = add(a_y, c_y)
+        a_t_final = a_t_final + or_zero(c_t, zero)
+        a_t_final = a_t_final + jnp.where(saved, sub.ct_ts[index], 0)
+        a_args = add(a_args, c_args)
+        a_subs = _replace(a_subs, j, a_subs[j].add(ct_fn=c_fn))
+    # `SaveAt(steps=n)`: the value at the end of the last step, if it was saved.
+    c_y, c_t, c_args, a_subs = _pull_back_step_saves(
+        ctx, num_accepted - 1, t_final, y_final, a_subs
+    )
+    a_y = add(a_y, c_y)
+    a_t_final = a_t_final + c_t
+    a_args = add(a_args, c_args)
+    term_carry, (c_state, c_t, c_args, c_terms) = ctx.adjoint_term.init(
+        ctx.terms,
+        times.time(jnp.maximum(num_accepted - 1, 0)),
+        t_final,
+        y_final,
+        ctx.args,
+        state_final,
+        a_y,
+        a_state,
+        with_dense=ctx.with_dense,
+        active=num_accepted > 0,
+    )
+    # The end of the last step as the step used it.
+    a_t_step_end = zero
+    if c_state is not None:  # The last step's last evaluation was settled.
+        a_state = add(a_state, c_state)
+        a_args = add(a_args, c_args)
+        a_terms = add(a_terms, c_terms)
+        if ctx.with_time:
+            a_t_step_end = or_zero(c_t, zero)
+    a_time = TimeCotangent(
+        jnp.zeros_like(residuals.t1_tangent),
+        None if ctx.step_to_ts is None else jnp.zeros_like(ctx.step_to_ts),
+    )
+    a_time = ctx.add_time(a_time, a_t_step_end, num_accepted, times)
+    if residuals.final_tangents is None:
+        a_time = ctx.add_time(a_time, a_t_final, num_accepted, times)
+    else:
+        a_time = a_time.add_final_state(
+            residuals.final_tangents,
+            a_t_final,
+            or_zero(grad_state.tnext, zero),
+            materialise(grad_state.controller_state, controller_state),
+        )
+    return _BackwardCarry(
+        k=num_accepted - 1,
+        y=y_final,
+        solver_state=state_final,
+        a_y=a_y,
+        a_state=a_state,
+        a_args=a_args,
+        a_terms=a_terms,
+        a_time=a_time,
+        a_subs=a_subs,
+        term_carry=term_carry,
+        drift=drift,
+        times=times if isinstance(ctx.record, GridRecord) else None,
+    )
+
+
+def _step_back(ctx: _Context, carry: _BackwardCarry) -> _BackwardCarry:
+    """Undoes accepted step `carry.k` and pulls the cotangents back through it."""
+    k = carry.k
+    times = ctx.record if carry.times is None else carry.times
+    t_k = times.time(k)
+    t_k1 = times.time(k + 1)
+    y0, state0, dense_info, pullback, term_carry = ctx.adjoint_term(
+        ctx.terms,
+        t_k,
+        t_k1,
+        carry.y,
+        ctx.args,
+        carry.solver_state,
+        carry.term_carry,
+        with_dense=ctx.with_dense,
+        with_time=ctx.with_time,
+        t_previous=times.time(jnp.maximum(k - 1, 0)),
+        is_first=k == 0,
+    )
+    # The value at the end of the previous step (`SaveAt(steps=n)`), if saved.
+    c_y0, a_t_k, c_args, a_subs = _pull_back_step_saves(
+        ctx, k - 1, t_k, y0, carry.a_subs
+    )
+    a_args = add(carry.a_args, c_args)
+    a_t_k1 = ctx.zero_time
+    ct_dense = None
+    if ctx.with_dense:
+        ct_dense, s_t_k, s_t_k1, a_args, a_subs = _pull_back_snapshots(
+            ctx, k, t_k, t_k1, dense_info, a_args, a_subs
+        )
+        a_t_k = a_t_k + s_t_k
+        a_t_k1 = a_t_k1 + s_t_k1
+    cts = pullback(carry.a_y, carry.a_state, ct_dense, c_y0)
+    ct_y0, ct_state0, ct_t0, ct_t1, ct_args, ct_terms = cts
+    a_t_k = a_t_k + or_zero(ct_t0, ctx.zero_time)
+    a_t_k1 = a_t_k1 + or_zero(ct_t1, ctx.zero_time)
+    a_time = ctx.add_time(carry.a_time, a_t_k, k, times)
+    a_time = ctx.add_time(a_time, a_t_k1, k + 1, times)
+    return dataclasses.replace(
+        carry,
+        k=k - 1,
+        y=y0,
+        solver_state=state0,
+        a_y=materialise(ct_y0, y0),
+        a_state=materialise(ct_state0, state0),
+        a_args=add(a_args, ct_args),
+        a_terms=add(carry.a_terms, ct_terms),
+        a_time=a_time,
+        a_subs=a_subs,
+        term_carry=term_carry,
+    )
+
+
+def _stretch_back(ctx: _Context, carry: _BackwardCarry) -> _BackwardCarry:
+    """Undoes the steps of stretch `carry.k // every`, last to first."""
+    # (Under `vmap`, also run for elements already done, with `k = -1`.)
+    stretch = jnp.maximum(carry.k, 0) // ctx.every
+    y, state, drift = carry.y, carry.solver_state, carry.drift
+    if ctx.checkpoints is not None:
+        # Unless this stretch ends the solve, it ends at a checkpoint: measure the
+        # drift of the reconstruction so far, and carry on from the stored state.
+        restart = carry.k + 1 < ctx.num_accepted
+        stored = ctx.checkpoints.read(stretch)
+        if drift is not None:
+            measured = drift.measure((y, state), stored, restart=carry.k + 1)
+            drift = jtu.tree_map(ft.partial(jnp.where, restart), measured, drift)
+        y, state = jtu.tree_map(ft.partial(jnp.where, restart), stored, (y, state))
+    if isinstance(ctx.record, GridRecord):
+        times = ctx.record.stretch(stretch, ctx.controller)
+    else:
+        times = None
+    carry = dataclasses.replace(
+        carry, y=y, solver_state=state, drift=drift, times=times
+    )
+    start = stretch * ctx.every
+    return lax.while_loop(lambda c: c.k >= start, ft.partial(_step_back, ctx), carry)
+
+
+def _pull_back_start(ctx: _Context, carry: _BackwardCarry, y0, t0, t0_perturbed):
+    """Pulls back the values saved at the start: `SaveAt(t0=True)`, and
+    `SaveAt(ts=...)` when `t0 == t1` (no steps: diffrax then saves `fn(t0, y0, args)`
+    for every entry). Returns the cotangents of `y0` and `t0`, and those of `args` and
+    of each `SubSaveAt` with theirs added."""
+    a_y, a_args, a_subs = carry.a_y, carry.a_args, carry.a_subs
+    a_t0 = ctx.zero_time
+    for j, sub in enumerate(ctx.subs):
+        ct = None
+        ct_time = ctx.zero_time
+        if sub.layout.t0:
+            ct = entry(sub.ct_ys, 0)
+            ct_time = sub.ct_ts[0]
+        if sub.layout.ts is not None:
+            window = sub.layout.repeated_at_t0()
+            repeated = jtu.tree_map(lambda c: jnp.sum(c[window], axis=0), sub.ct_ys)
+            repeated = mask(repeated, ctx.t0_equals_t1)
+            ct = repeated if ct is None else add(ct, repeated)
+            ct_time = ct_time + jnp.where(
+                ctx.t0_equals_t1, jnp.sum(sub.ct_ts[window]), 0
+            )
+        if ct is None:
+            continue
+        c_t, c_y, c_args, c_fn = _save_pullback(
+            sub.fn, t0, y0, ctx.args, ct, t0_perturbed
+        )
+        a_y = add(a_y, c_y)
+        a_t0 = a_t0 + or_zero(c_t, ctx.zero_time) + ct_time
+        a_args = add(a_args, c_args)
+        a_subs = _replace(a_subs, j, a_subs[j].add(ct_fn=c_fn))
+    return a_y, a_t0, a_args, a_subs
+
+
+def _input_cotangents(inputs, perturbed, carry, a_y, a_t0, a_args, a_subs) -> dict:
+    """The cotangents of the custom VJP's `inputs`, from what the stages gathered."""
+    ct_tprev, ct_tnext, ct_controller_state, ct_t1 = carry.a_time.split(
+        inputs, perturbed
+    )
+    ct_subs = [
+        eqx.tree_at(
+            lambda s: (s.ts, s.fn),
+            zeros_like_inexact(sub),
+            (a_sub.ts, a_sub.fn),
+            is_leaf=lambda x: x is None,
+        )
+        for sub, a_sub in zip(inputs["subs"], a_subs)
+    ]
+    t0 = inputs["t0"]
+    step_to = inputs["step_to"]
+    if step_to is None:
+        ct_step_to = None
+    else:
+        # `a_time.grid` for its times if they were differentiated, zeros for its
+        # other inexact leaves (and for its times otherwise).
+        ct_step_to = zeros_like_inexact(step_to)
+        if carry.a_time.grid is not None:
+            ct_step_to = eqx.tree_at(lambda c: c.ts, ct_step_to, carry.a_time.grid)
+    return dict(
+        y0=a_y,
+        solver_state=carry.a_state,
+        tprev=ct_tprev,
+        tnext=ct_tnext,
+        controller_state=ct_controller_state,
+        t0=a_t0.astype(jnp.result_type(t0)) if eqx.is_inexact_array(t0) else None,
+        t1=ct_t1,
+        args=a_args,
+        terms=carry.a_terms,
+        subs=ct_subs,
+        step_to=ct_step_to,
+    )
+
+
+def _subs(inputs, perturbed, save_state_like, grad_state):
+    """Each `SubSaveAt` as the backward pass sees it (`Sub`)."""
+    is_save_state = lambda x: isinstance(x, SaveState)
+    save_like = jtu.tree_leaves(save_state_like, is_leaf=is_save_state)
+    save_ct = jtu.tree_leaves(grad_state.save_state, is_leaf=is_save_state)
+    return [
+        Sub(
+            layout=SaveLayout(ts=sub.ts, t0=sub.t0, t1=sub.t1, steps=sub.steps),
+            fn=sub.fn,
+            ct_ts=materialise(ct.ts, like.ts),
+            ct_ys=materialise(ct.ys, like.ys),
+            ts_perturbed=bool(sub_perturbed.ts),
+        )
+        for sub, sub_perturbed, like, ct in zip(
+            inputs["subs"], perturbed["subs"], save_like, save_ct, strict=True
+        )
+    ]
+
+
+def backward(
+    residuals: Residuals, grad_out, perturbed, inputs, *, static, controller
+) -> dict:
+    """The custom VJP's backward pass: the cotangents of `inputs`, given those of the
+    loop's outputs (`grad_out`). `static` holds the adjoint, the solver, its
+    `AdjointTerm`, `max_steps` and the layout of the save state; `controller` is the
+    step size controller that the forward pass ran."""
+    grad_state, _ = grad_out
+    adjoint = static.adjoint
+    t1_tangent = residuals.t1_tangent
+    record = residuals.record
+    checkpoints = residuals.checkpoints
+    zero_time = jnp.zeros((), dtype=t1_tangent.dtype)
+    # The solve is undone in stretches of `every` steps, last to first: each starts
+    # from a checkpoint (if any) and has its step times recomputed (if the record is a
+    # `GridRecord`). Without checkpoints, one stretch of every step.
+    every = static.max_steps + 1 if checkpoints is None else checkpoints.every
+    controller = recording_controller(controller, inputs["t1"], t1_tangent)
+    last_stretch = jnp.maximum(record.num_accepted - 1, 0) // every
+    times = record.stretch(last_stretch, controller)
+    # Cotangents of the time inputs: along the `D` tangent directions, and of the
+    # times of `StepTo(ts=...)`, which are the step times themselves.
+    step_to = inputs["step_to"]
+    grid_perturbed = step_to is not None and bool(perturbed["step_to"].ts)
+    subs = _subs(inputs, perturbed, static.init_state.save_state, grad_state)
+    ctx = _Context(
+        terms=inputs["terms"],
+        args=inputs["args"],
+        adjoint_term=static.adjoint_term,
+        interpolation_cls=static.solver.interpolation_cls,
+        subs=subs,
+        with_time=t1_tangent.shape[0] > 0 or grid_perturbed,
+        with_dense=any(sub.layout.ts is not None for sub in subs),
+        num_accepted=record.num_accepted,
+        zero_time=zero_time,
+        t0_equals_t1=inputs["t0"] == inputs["t1"],
+        step_to_ts=step_to.ts if grid_perturbed else None,
+        record=record,
+        controller=controller,
+        checkpoints=checkpoints,
+        every=every,
+    )
+    checks = adjoint.on_drift != "ignore"
+    end = (residuals.y, residuals.solver_state)
+    drift = DriftRecord.init(record.num_accepted, end) if checks else None
+
+    carry = _pull_back_end(
+        ctx, grad_state, residuals, times, inputs["controller_state"], drift
+    )
+    carry = lax.while_loop(lambda c: c.k >= 0, ft.partial(_stretch_back, ctx), carry)
+    a_y, a_t0, a_args, a_subs = _pull_back_start(
+        ctx, carry, inputs["y0"], inputs["t0"], bool(perturbed["t0"])
+    )
+    cts = _input_cotangents(inputs, perturbed, carry, a_y, a_t0, a_args, a_subs)
+    # Forward-over-reverse (`jax.hessian`, `jax.jvp` of `jax.grad`) differentiates
+    # this backward pass in forward mode, which works. Reverse-over-reverse would
+    # transpose its `while_loop`, which JAX cannot do: say so clearly.
+    cts = eqxi.nondifferentiable_backward(cts, msg=_REVERSE_OVER_REVERSE)
+    if not checks:
+        return cts
+    # The reconstruction has come back to where the solve began: its drift.
+    drift = carry.drift.measure(
+        (carry.y, carry.solver_state), (inputs["y0"], inputs["solver_state"])
+    )
+    return check_drift(
+        cts,
+        drift.worst,
+        drift.steps,
+        on_drift=adjoint.on_drift,
+        rtol=adjoint.rtol_for(inputs["y0"]),
+        solver_name=solver_name(static.solver),
+        dtype=narrowest_dtype(inputs["y0"]),
+    )
