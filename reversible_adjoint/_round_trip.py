@@ -39,12 +39,13 @@ def round_trip_error(
     checkpoint_every: int | None = None,
     throw: bool = True,
 ) -> Array:
-    """Solves forward with [`diffrax.diffeqsolve`][], undoes every step with the
-    solver's exact inverse, and returns the relative error of the reconstructed
-    initial state: the quantity [`reversible_adjoint.ReversibleAdjoint`][] checks
-    against `drift_rtol` at the end of every backward pass, measured here without
-    differentiating anything. Use it to choose a solver, a step size or a precision
-    before training.
+    """Solves forward with
+    [`diffrax.diffeqsolve`](https://docs.kidger.site/diffrax/api/diffeqsolve/), undoes
+    every step with the solver's exact inverse, and returns the relative error of the
+    reconstructed initial state: the quantity
+    [`reversible_adjoint.ReversibleAdjoint`][] checks against `drift_rtol` at the end of
+    every backward pass, measured here without differentiating anything. Use it to
+    choose a solver, a step size or a precision before training.
 
     **Arguments:**
 

@@ -55,6 +55,17 @@ class AbstractReversibleSolver(diffrax.AbstractSolver):
     linearisation to the next backward step (when there is no `SaveAt(ts=...)` and no
     Brownian motion). This is not checked: a step that is not affine in its evaluation
     must leave it `False`.
+
+    **Multistep solvers (optional).** A solver whose state holds the start time of the
+    previous step (as diffrax's `LeapfrogMidpoint` does) cannot recover that time from
+    the state when the step grid is not uniform. It sets the class variable
+    `needs_previous_time = True`, and its `backward_step` is then called with the
+    keyword argument `t_previous`: the start time of the step before the one being
+    inverted (for the first step, `t0` itself, as `init` would have it).
+
+    The three class flags default to `evaluation_reuse = None`,
+    `affine_in_evaluation = False` and `needs_previous_time = False`: no fusing and no
+    `t_previous`; the backward pass calls `backward_step`, then differentiates `step`.
     """
 
     evaluation_reuse: ClassVar[Literal["same_step", "previous_step"] | None] = None
