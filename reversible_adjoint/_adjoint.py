@@ -29,7 +29,7 @@ import jax.lax as lax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 
-from ._adjoint_term import AdjointTerm
+from ._adjoint_term import AdjointTerm, ForwardingTerm
 from ._backward import Residuals, backward
 from ._diffrax_internals import WrapTerm, is_sde, is_unsafe_sde, save_y
 from ._drift import default_drift_rtol, narrowest_dtype
@@ -252,7 +252,7 @@ def _is_leaf_term(x):
     )
 
 
-class _RecordInputs(diffrax.AbstractTerm):
+class _RecordInputs(ForwardingTerm):
     """A term that reports the `(t, y, args)` its vector field is called with."""
 
     term: diffrax.AbstractTerm
@@ -262,14 +262,8 @@ class _RecordInputs(diffrax.AbstractTerm):
         self.report((t, y, args))
         return self.term.vf(t, y, args)
 
-    def contr(self, t0, t1, **kwargs):
-        return self.term.contr(t0, t1, **kwargs)
 
-    def prod(self, vf, control):
-        return self.term.prod(vf, control)
-
-
-class _HoistedTerm(diffrax.AbstractTerm):
+class _HoistedTerm(ForwardingTerm):
     """A user's own term whose `vf` closes over arrays being differentiated: `vf` is
     replaced by its closure-converted form, which holds them as PyTree leaves."""
 
@@ -281,12 +275,6 @@ class _HoistedTerm(diffrax.AbstractTerm):
 
     def is_vf_expensive(self, t0, t1, y, args):
         return self.term.is_vf_expensive(t0, t1, y, args)
-
-    def contr(self, t0, t1, **kwargs):
-        return self.term.contr(t0, t1, **kwargs)
-
-    def prod(self, vf, control):
-        return self.term.prod(vf, control)
 
 
 def _has_tracers(tree):
@@ -540,12 +528,15 @@ class ReversibleAdjoint(diffrax.AbstractAdjoint):
         del throw, passed_solver_state, passed_controller_state
         reversible = as_reversible(solver)
         _check_supported(
-            terms, solver, reversible, stepsize_controller, event, saveat, max_steps
+            terms,
+            solver,
+            reversible,
+            stepsize_controller,
+            event,
+            saveat,
+            max_steps,
+            init_state.made_jump,
         )
-        if init_state.made_jump is not False:
-            raise NotImplementedError(
-                _JUMPS.format("`diffeqsolve(..., made_jump=...)`")
-            )
 
         if isinstance(stepsize_controller, diffrax.StepTo):
             step_to, stepsize_controller = stepsize_controller, None

@@ -100,7 +100,23 @@ def _replay(point, value, pullback):
     return replay(dynamic, value, residuals)
 
 
-class _ReplayTerm(diffrax.AbstractTerm):
+class ForwardingTerm(diffrax.AbstractTerm):
+    """A term that wraps `term` and forwards its control and its product to it; the
+    subclasses change how its vector field is evaluated."""
+
+    term: eqx.AbstractVar[diffrax.AbstractTerm]
+
+    def vf(self, t, y, args):
+        return self.term.vf(t, y, args)
+
+    def contr(self, t0, t1, **kwargs):
+        return self.term.contr(t0, t1, **kwargs)
+
+    def prod(self, vf, control):
+        return self.term.prod(vf, control)
+
+
+class _ReplayTerm(ForwardingTerm):
     """A term whose vector field returns a stored value, and whose vector-field
     cotangents go through a stored linearisation (made at the same point), or nowhere
     if `pullback` is `None`."""
@@ -114,14 +130,8 @@ class _ReplayTerm(diffrax.AbstractTerm):
             return self.value
         return _replay((t, y, args, self.term), self.value, self.pullback)
 
-    def contr(self, t0, t1, **kwargs):
-        return self.term.contr(t0, t1, **kwargs)
 
-    def prod(self, vf, control):
-        return self.term.prod(vf, control)
-
-
-class _KnownControl(diffrax.AbstractTerm):
+class _KnownControl(ForwardingTerm):
     """`term`, with its control over the step `(t0, t1)` already known.
 
     The control of an SDE is a Brownian increment, and querying a
@@ -136,18 +146,12 @@ class _KnownControl(diffrax.AbstractTerm):
     t1: Any
     control: PyTree
 
-    def vf(self, t, y, args):
-        return self.term.vf(t, y, args)
-
     def contr(self, t0, t1, **kwargs):
         if not kwargs and t0 is self.t0 and t1 is self.t1:
             return self.control
         if not kwargs and t0 is self.t1 and t1 is self.t0:
             return jtu.tree_map(lambda c: -c, self.control)
         return self.term.contr(t0, t1, **kwargs)
-
-    def prod(self, vf, control):
-        return self.term.prod(vf, control)
 
 
 class AdjointTerm(eqx.Module):
