@@ -4,7 +4,12 @@ solvers."""
 import importlib.metadata
 
 from ._adjoint import ReversibleAdjoint as ReversibleAdjoint
-from ._adjoint_term import AdjointTerm as AdjointTerm
+from ._adjoint_term import (
+    AdjointTerm as AdjointTerm,
+    BackwardStep as BackwardStep,
+    EndCotangents as EndCotangents,
+    StepCotangents as StepCotangents,
+)
 from ._drift import ReconstructionDriftWarning as ReconstructionDriftWarning
 from ._round_trip import round_trip_error as round_trip_error
 from ._solver import (

@@ -31,7 +31,8 @@ leaves and the structure it has just traced, which is identical because it is th
 function linearised at arrays of the same shapes.
 """
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import diffrax
 import equinox as eqx
@@ -154,6 +155,206 @@ class _KnownControl(ForwardingTerm):
         return self.term.contr(t0, t1, **kwargs)
 
 
+class EndCotangents(NamedTuple):
+    """Cotangents that [`reversible_adjoint.AdjointTerm.init`][] contributes, of the
+    end of the solve and of the inputs (`None` where there are none): of the final
+    `solver_state`, of the end `t1` of the last step, of `args` and of the parameters
+    inside `terms`."""
+
+    solver_state: PyTree
+    t1: PyTree
+    args: PyTree
+    terms: PyTree
+
+
+class StepCotangents(NamedTuple):
+    """Cotangents of the inputs of one step, returned by the `pullback` of a
+    [`reversible_adjoint.BackwardStep`][] (`None` for non-differentiable leaves, and
+    for `t0` and `t1` unless `with_time`)."""
+
+    y0: PyTree
+    solver_state0: PyTree
+    t0: PyTree
+    t1: PyTree
+    args: PyTree
+    terms: PyTree
+
+
+class BackwardStep(NamedTuple):
+    """One step undone by [`reversible_adjoint.AdjointTerm`][].
+
+    - `y0`, `solver_state0`: the step's inputs, reconstructed.
+    - `dense_info`: the step's dense output (`None` unless `with_dense`).
+    - `pullback`: maps `(ct_y1, ct_solver_state1, ct_dense_info=None, ct_y0=None)` to
+        [`reversible_adjoint.StepCotangents`][]. Its arguments are zero
+        or an array at every inexact leaf; `ct_dense_info` is only passed when
+        `with_dense`; `ct_y0` is a cotangent of `y0` from elsewhere (a value saved
+        there), which is included in the returned one.
+    - `carry`: to pass to the next call, which undoes the step before.
+    """
+
+    y0: PyTree
+    solver_state0: PyTree
+    dense_info: PyTree
+    pullback: Callable
+    carry: PyTree
+
+
+_NO_END_COTANGENTS = EndCotangents(None, None, None, None)
+
+
+def _settle(solver, terms, t0, t1, y1, args, state1, ct_y1, ct_state1, lin, active):
+    """Pulls the cotangents `(ct_y1, ct_state1)` of the outputs of a step from `t0` to
+    `t1` back through that step's last evaluation, whose value and pullback are `lin`;
+    `active=False` masks it out. The step's outputs are affine in that evaluation, so
+    its cotangent does not depend on the step's inputs, and the outputs
+    `(y1, state1)` stand in for them.
+
+    Returns the `EndCotangents` (of `state1`, `t1`, `args`, `terms`) it contributes.
+    """
+    value, pullback = lin
+
+    def outputs(_value):
+        _y1, _, _, _state1, _ = solver.step(
+            _ReplayTerm(terms, _value, None), t0, t1, y1, args, state1, False
+        )
+        return _y1, _state1
+
+    _, value_pullback = eqx.filter_vjp(outputs, value)
+    (ct_value,) = value_pullback((ct_y1, ct_state1))
+    ct_value = jtu.tree_map(lambda c: jnp.where(active, c, jnp.zeros_like(c)), ct_value)
+    ct_t, ct_y, ct_args, ct_terms = pullback(ct_value)
+    _, point_pullback = filter_vjp(
+        lambda _t1, _state: solver.last_evaluation(terms, _t1, _state),
+        (t1, state1),
+        (True, True),
+    )
+    ct_t1, ct_state = point_pullback((ct_t, ct_y))
+    return EndCotangents(ct_state, ct_t1, ct_args, ct_terms)
+
+
+#
+# How a backward step gets the step's vector-field evaluation: four modes.
+#
+
+
+class _Reconstruction(NamedTuple):
+    """What a mode returns for one step: the step's inputs; the evaluation (value and
+    pullback) to replay when the step is differentiated, or `None` to evaluate it
+    again; the carry for the step before; and the linearisation this step's pullback
+    settles (for the step before), if any."""
+
+    y0: PyTree
+    solver_state0: PyTree
+    replay: tuple | None
+    carry: PyTree
+    settles: tuple | None
+
+
+def _fused_inverse(solver, known, terms, t0, t1, y1, args, solver_state):
+    """`solver.fused_backward_step`, whose one evaluation is a linearisation."""
+
+    def evaluate(t, y):
+        value, pullback = _linearise(terms, t, y, args)
+        return value, (value, pullback)
+
+    return solver.fused_backward_step(evaluate, known, t0, t1, y1, args, solver_state)
+
+
+class _Unfused(eqx.Module):
+    """No reuse: invert with `backward_step`, then differentiate `step`, which
+    evaluates again."""
+
+    def init(self, solver, terms, t0, t1, y1, args, state1, ct_y1, ct_state1, active):
+        return None, _NO_END_COTANGENTS
+
+    def reconstruct(self, solver, known, terms, t0, t1, y1, args, state1, carry, tp):
+        kwargs = dict(t_previous=tp) if solver.needs_previous_time else {}
+        y0, state0 = solver.backward_step(
+            known, t0, t1, y1, args, state1, False, **kwargs
+        )
+        return _Reconstruction(y0, state0, None, None, None)
+
+
+class _SameStep(eqx.Module):
+    """`evaluation_reuse="same_step"`: the inverse evaluates where the step did, and
+    its linearisation is replayed by the same step's pullback."""
+
+    def init(self, solver, terms, t0, t1, y1, args, state1, ct_y1, ct_state1, active):
+        return None, _NO_END_COTANGENTS
+
+    def reconstruct(self, solver, known, terms, t0, t1, y1, args, state1, carry, tp):
+        y0, state0, lin = _fused_inverse(solver, known, terms, t0, t1, y1, args, state1)
+        return _Reconstruction(y0, state0, lin, None, None)
+
+
+class _Carried(eqx.Module):
+    """`evaluation_reuse="previous_step"`: the inverse of step k evaluates where step
+    k-1 did; its linearisation is carried to the next backward step, which undoes
+    step k-1 and replays it. (`init` makes the one for the last step.)"""
+
+    def init(self, solver, terms, t0, t1, y1, args, state1, ct_y1, ct_state1, active):
+        t, y = solver.last_evaluation(terms, t1, state1)
+        value, pullback = _linearise(terms, t, y, args)
+        return (value, _residuals(pullback, (args, terms))), _NO_END_COTANGENTS
+
+    def reconstruct(self, solver, known, terms, t0, t1, y1, args, state1, carry, tp):
+        y0, state0, (value0, pullback0) = _fused_inverse(
+            solver, known, terms, t0, t1, y1, args, state1
+        )
+        value, residuals = carry
+        replay = (value, _with_residuals(pullback0, residuals))
+        carry0 = value0, _residuals(pullback0, (args, terms))
+        return _Reconstruction(y0, state0, replay, carry0, None)
+
+
+class _Settled(eqx.Module):
+    """`evaluation_reuse="previous_step"` with a step affine in its last evaluation:
+    backward step k settles step k-1's last evaluation with the linearisation it has
+    just made (`_settle`), and step k-1 is then differentiated with that evaluation
+    held constant; only its value is carried. (`init` settles the last step's.)"""
+
+    def init(self, solver, terms, t0, t1, y1, args, state1, ct_y1, ct_state1, active):
+        t, y = solver.last_evaluation(terms, t1, state1)
+        value, pullback = _linearise(terms, t, y, args)
+        cts = _settle(
+            solver,
+            terms,
+            t0,
+            t1,
+            y1,
+            args,
+            state1,
+            ct_y1,
+            ct_state1,
+            (value, pullback),
+            active,
+        )
+        return value, cts
+
+    def reconstruct(self, solver, known, terms, t0, t1, y1, args, state1, carry, tp):
+        y0, state0, lin0 = _fused_inverse(
+            solver, known, terms, t0, t1, y1, args, state1
+        )
+        value0, _ = lin0
+        return _Reconstruction(y0, state0, (carry, None), value0, lin0)
+
+
+def _with_known_control(terms, t0, t1, with_time):
+    """Queries the control of a single term over `(t0, t1)` once, for the inverse and
+    the differentiated step to share (`_KnownControl`). Returns the control, its
+    pullback, and how to attach it to a term; for several terms (e.g.
+    `SemiImplicitEuler`'s pair) each is queried itself, and these are `None`."""
+    if not isinstance(terms, diffrax.AbstractTerm):
+        return None, None, lambda _terms, _t0, _t1, _c: _terms
+    control, control_pullback = filter_vjp(
+        lambda _t0, _t1, _terms: _terms.contr(_t0, _t1),
+        (t0, t1, terms),
+        (with_time, with_time, True),
+    )
+    return control, control_pullback, _KnownControl
+
+
 class AdjointTerm(eqx.Module):
     """One step of the backward pass of [`reversible_adjoint.ReversibleAdjoint`][].
 
@@ -163,6 +364,13 @@ class AdjointTerm(eqx.Module):
     solver state, `t0`, `t1`, `args`, and parameters inside `terms`). The adjoint uses
     the dense output's cotangent to emit the derivatives of the `SaveAt(ts=...)` values
     inside the step, their times included.
+
+    Unlike diffrax's own `AdjointTerm`, which is the vector field of the continuous
+    adjoint equations that `diffrax.BacksolveAdjoint` integrates with a solver of its
+    own, this one differentiates the discrete step itself: the gradients it yields are
+    those of the solve that was run, the same as
+    [`diffrax.RecursiveCheckpointAdjoint`](https://docs.kidger.site/diffrax/api/adjoints/)
+    computes.
 
     Any [`reversible_adjoint.AbstractReversibleSolver`][] works: by default the inverse
     is `solver.backward_step` and the pullback is that of `solver.step`, at the cost of
@@ -178,63 +386,21 @@ class AdjointTerm(eqx.Module):
 
     solver: AbstractReversibleSolver
 
-    @property
-    def _reuse(self):
-        return self.solver.evaluation_reuse
-
-    def _settles(self, terms, with_dense: bool) -> bool:
-        """Whether each backward step settles the previous step's last evaluation
-        (see the module docstring) instead of carrying its linearisation."""
-        return (
-            self._reuse == "previous_step"
-            and self.solver.affine_in_evaluation
-            and not with_dense
-            and not is_sde(terms)
-        )
-
-    def _settle(
-        self,
-        terms,
-        t0,
-        t1,
-        y1,
-        args,
-        solver_state,
-        ct_y1,
-        ct_state1,
-        linearisation,
-        active,
-    ):
-        """Pulls the cotangents `(ct_y1, ct_state1)` of the outputs of a step from `t0`
-        to `t1` back through that step's last evaluation, whose value and pullback are
-        `linearisation`; `active=False` masks it out. The step's outputs are affine in
-        that evaluation, so its cotangent does not depend on the step's inputs, and the
-        outputs `(y1, solver_state)` stand in for them.
-
-        Returns the cotangents of `(solver_state, t1, args, terms)` it contributes.
-        """
-        solver = self.solver
-        value, pullback = linearisation
-
-        def outputs(_value):
-            _y1, _, _, _state1, _ = solver.step(
-                _ReplayTerm(terms, _value, None), t0, t1, y1, args, solver_state, False
-            )
-            return _y1, _state1
-
-        _, value_pullback = eqx.filter_vjp(outputs, value)
-        (ct_value,) = value_pullback((ct_y1, ct_state1))
-        ct_value = jtu.tree_map(
-            lambda c: jnp.where(active, c, jnp.zeros_like(c)), ct_value
-        )
-        ct_t, ct_y, ct_args, ct_terms = pullback(ct_value)
-        _, point_pullback = filter_vjp(
-            lambda _t1, _state: solver.last_evaluation(terms, _t1, _state),
-            (t1, solver_state),
-            (True, True),
-        )
-        ct_t1, ct_state = point_pullback((ct_t, ct_y))
-        return ct_state, ct_t1, ct_args, ct_terms
+    def _mode(self, terms, with_dense: bool):
+        """How each backward step gets the step's evaluation (module docstring)."""
+        reuse = self.solver.evaluation_reuse
+        if reuse is None:
+            return _Unfused()
+        if reuse == "same_step":
+            return _SameStep()
+        if reuse != "previous_step":
+            raise ValueError(f"Unknown `evaluation_reuse={reuse!r}`.")
+        # Settle instead of carrying the linearisation when the step is affine in its
+        # last evaluation, and the backward step needs no dense output and can query
+        # the control again cheaply (no Brownian motion).
+        if self.solver.affine_in_evaluation and not with_dense and not is_sde(terms):
+            return _Settled()
+        return _Carried()
 
     def init(
         self,
@@ -249,7 +415,7 @@ class AdjointTerm(eqx.Module):
         *,
         with_dense: bool,
         active,
-    ) -> tuple[PyTree, tuple]:
+    ):
         """Prepares the first backward step, which undoes the last step of the solve.
 
         **Arguments:**
@@ -266,18 +432,14 @@ class AdjointTerm(eqx.Module):
         **Returns:**
 
         A pair `(carry, cts)`: `carry` (a PyTree of arrays) is threaded through
-        `__call__`, and `cts = (ct_solver_state, ct_t1, ct_args, ct_terms)` are
-        cotangents of the end of the solve and of the inputs, to be added to the
-        others (`None` where there are none).
+        `__call__`, and `cts` ([`reversible_adjoint.EndCotangents`][]) are cotangents of
+        the end of the solve and of the inputs, to be added to the others (`None`
+        where there are none: always, except for solvers whose last evaluation is
+        settled here).
         """
-        none = (None, None, None, None)
-        if self._reuse != "previous_step":
-            return None, none
-        t, y = self.solver.last_evaluation(terms, t1, solver_state)
-        value, pullback = _linearise(terms, t, y, args)
-        if not self._settles(terms, with_dense):
-            return (value, _residuals(pullback, (args, terms))), none
-        cts = self._settle(
+        mode = self._mode(terms, with_dense)
+        return mode.init(
+            self.solver,
             terms,
             t0,
             t1,
@@ -286,10 +448,8 @@ class AdjointTerm(eqx.Module):
             solver_state,
             ct_y1,
             ct_solver_state,
-            (value, pullback),
             active,
         )
-        return value, cts
 
     def __call__(
         self,
@@ -305,7 +465,7 @@ class AdjointTerm(eqx.Module):
         with_time: bool,
         t_previous,
         is_first,
-    ):
+    ) -> BackwardStep:
         """Undoes one step.
 
         **Arguments:**
@@ -318,75 +478,33 @@ class AdjointTerm(eqx.Module):
         - `with_time`: whether to differentiate with respect to `t0` and `t1` (if not,
             their cotangents are `None`).
         - `t_previous`: the start time of the previous step (`t0` for the first step).
-        - `is_first`: whether this is the first step of the solve.
+            Solvers whose `backward_step` needs it (`needs_previous_time`) get it, and
+            a settling step uses it to settle the previous step's evaluation.
+        - `is_first`: whether this is the first step of the solve (which has no
+            previous step to settle).
 
         **Returns:**
 
-        A 5-tuple `(y0, solver_state0, dense_info, pullback, carry0)`. `pullback` maps
-        `(ct_y1, ct_solver_state1, ct_dense_info, ct_y0)` to
-        `(ct_y0, ct_solver_state0, ct_t0, ct_t1, ct_args, ct_terms)`, with `None` for
-        non-differentiable leaves. Its arguments are zero or an array for every
-        inexact leaf; `ct_dense_info` is only passed when `with_dense`; `ct_y0` is a
-        cotangent of `y0` from elsewhere (a value saved there), included in the
-        returned `ct_y0`.
+        A [`reversible_adjoint.BackwardStep`][]: the reconstructed inputs, the dense
+        output, the step's pullback, and the carry for the step before.
         """
         solver = self.solver
-        if isinstance(terms, diffrax.AbstractTerm):
-            control, control_pullback = filter_vjp(
-                lambda _t0, _t1, _terms: _terms.contr(_t0, _t1),
-                (t0, t1, terms),
-                (with_time, with_time, True),
-            )
-            with_control = lambda _terms, _t0, _t1, _c: _KnownControl(
-                _terms, _t0, _t1, _c
-            )
-        else:
-            # Several terms (e.g. `SemiImplicitEuler`'s pair): each is queried itself.
-            control = control_pullback = None
-            with_control = lambda _terms, _t0, _t1, _c: _terms
+        mode = self._mode(terms, with_dense)
+        control, control_pullback, with_control = _with_known_control(
+            terms, t0, t1, with_time
+        )
         known = with_control(terms, t0, t1, control)
-        settles = self._settles(terms, with_dense)
-        if self._reuse is None:
-            kwargs = dict(t_previous=t_previous) if solver.needs_previous_time else {}
-            y0, solver_state0 = solver.backward_step(
-                known, t0, t1, y1, args, solver_state, False, **kwargs
-            )
-            step_terms = lambda _terms, _args: _terms
-            carry0 = None
-        else:
-
-            def evaluate(t, y):
-                value, pullback = _linearise(terms, t, y, args)
-                return value, (value, pullback)
-
-            y0, solver_state0, (value0, pullback0) = solver.fused_backward_step(
-                evaluate,
-                known,
-                t0,
-                t1,
-                y1,
-                args,
-                solver_state,
-            )
-            if self._reuse == "same_step":
-                value, pullback = value0, pullback0
-                carry0 = None
-            elif self._reuse == "previous_step" and settles:
-                # This step's evaluation was settled by the previous backward step.
-                value, pullback = carry, None
-                carry0 = value0
-            elif self._reuse == "previous_step":
-                value, residuals = carry
-                pullback = _with_residuals(pullback0, residuals)
-                carry0 = value0, _residuals(pullback0, (args, terms))
-            else:
-                raise ValueError(f"Unknown `evaluation_reuse={self._reuse!r}`.")
-            step_terms = lambda _terms, _args: _ReplayTerm(_terms, value, pullback)
+        rec = mode.reconstruct(
+            solver, known, terms, t0, t1, y1, args, solver_state, carry, t_previous
+        )
+        y0, solver_state0 = rec.y0, rec.solver_state0
 
         # The control is an input of the differentiated step: its cotangent goes back
         # through `control_pullback`, once.
         def _step(_y0, _solver_state0, _t0, _t1, _args, _terms, _control):
-            _terms = with_control(step_terms(_terms, _args), _t0, _t1, _control)
+            if rec.replay is not None:
+                _terms = _ReplayTerm(_terms, *rec.replay)
+            _terms = with_control(_terms, _t0, _t1, _control)
             _y1, _, _dense_info, _solver_state1, _ = solver.step(
                 _terms, _t0, _t1, _y0, _args, _solver_state0, False
             )
@@ -401,7 +519,7 @@ class AdjointTerm(eqx.Module):
         )
         dense_info = outputs[2] if with_dense else None
 
-        def pullback_fn(ct_y1, ct_solver_state1, ct_dense_info=None, ct_y0=None):
+        def pullback(ct_y1, ct_solver_state1, ct_dense_info=None, ct_y0=None):
             if with_dense:
                 cts = step_pullback((ct_y1, ct_solver_state1, ct_dense_info))
             else:
@@ -414,9 +532,10 @@ class AdjointTerm(eqx.Module):
                 ct_t0 = add_cotangents(ct_t0, c_t0)
                 ct_t1 = add_cotangents(ct_t1, c_t1)
                 ct_terms = add_cotangents(ct_terms, c_terms)
-            if settles:
+            if rec.settles is not None:
                 # Settle the previous step's last evaluation, made at `(t0, ...)`.
-                s_state0, s_t0, s_args, s_terms = self._settle(
+                s = _settle(
+                    solver,
                     terms,
                     t_previous,
                     t0,
@@ -425,13 +544,13 @@ class AdjointTerm(eqx.Module):
                     solver_state0,
                     materialise(ct_y0, y0),
                     materialise(ct_state0, solver_state0),
-                    (value0, pullback0),
+                    rec.settles,
                     jnp.logical_not(is_first),
                 )
-                ct_state0 = add_cotangents(ct_state0, s_state0)
-                ct_t0 = add_cotangents(ct_t0, s_t0 if with_time else None)
-                ct_args = add_cotangents(ct_args, s_args)
-                ct_terms = add_cotangents(ct_terms, s_terms)
-            return ct_y0, ct_state0, ct_t0, ct_t1, ct_args, ct_terms
+                ct_state0 = add_cotangents(ct_state0, s.solver_state)
+                ct_t0 = add_cotangents(ct_t0, s.t1 if with_time else None)
+                ct_args = add_cotangents(ct_args, s.args)
+                ct_terms = add_cotangents(ct_terms, s.terms)
+            return StepCotangents(ct_y0, ct_state0, ct_t0, ct_t1, ct_args, ct_terms)
 
-        return y0, solver_state0, dense_info, pullback_fn, carry0
+        return BackwardStep(y0, solver_state0, dense_info, pullback, rec.carry)

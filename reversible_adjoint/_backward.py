@@ -310,7 +310,7 @@ def _pull_back_end(ctx, grad_state, residuals, times, controller_state, drift):
     a_y = add(a_y, c_y)
     a_t_final = a_t_final + c_t
     a_args = add(a_args, c_args)
-    term_carry, (c_state, c_t, c_args, c_terms) = ctx.adjoint_term.init(
+    term_carry, settled = ctx.adjoint_term.init(
         ctx.terms,
         times.time(jnp.maximum(num_accepted - 1, 0)),
         t_final,
@@ -324,12 +324,12 @@ def _pull_back_end(ctx, grad_state, residuals, times, controller_state, drift):
     )
     # The end of the last step as the step used it.
     a_t_step_end = zero
-    if c_state is not None:  # The last step's last evaluation was settled.
-        a_state = add(a_state, c_state)
-        a_args = add(a_args, c_args)
-        a_terms = add(a_terms, c_terms)
+    if settled.solver_state is not None:  # The last step's last evaluation.
+        a_state = add(a_state, settled.solver_state)
+        a_args = add(a_args, settled.args)
+        a_terms = add(a_terms, settled.terms)
         if ctx.with_time:
-            a_t_step_end = or_zero(c_t, zero)
+            a_t_step_end = or_zero(settled.t1, zero)
     a_time = TimeCotangent(
         jnp.zeros_like(residuals.t1_tangent),
         None if ctx.step_to_ts is None else jnp.zeros_like(ctx.step_to_ts),
@@ -366,7 +366,7 @@ def _step_back(ctx: _Context, carry: _BackwardCarry) -> _BackwardCarry:
     times = ctx.record if carry.times is None else carry.times
     t_k = times.time(k)
     t_k1 = times.time(k + 1)
-    y0, state0, dense_info, pullback, term_carry = ctx.adjoint_term(
+    step = ctx.adjoint_term(
         ctx.terms,
         t_k,
         t_k1,
@@ -379,6 +379,7 @@ def _step_back(ctx: _Context, carry: _BackwardCarry) -> _BackwardCarry:
         t_previous=times.time(jnp.maximum(k - 1, 0)),
         is_first=k == 0,
     )
+    y0, state0 = step.y0, step.solver_state0
     # The value at the end of the previous step (`SaveAt(steps=n)`), if saved.
     c_y0, a_t_k, c_args, a_subs = _pull_back_step_saves(
         ctx, k - 1, t_k, y0, carry.a_subs
@@ -388,14 +389,13 @@ def _step_back(ctx: _Context, carry: _BackwardCarry) -> _BackwardCarry:
     ct_dense = None
     if ctx.with_dense:
         ct_dense, s_t_k, s_t_k1, a_args, a_subs = _pull_back_snapshots(
-            ctx, k, t_k, t_k1, dense_info, a_args, a_subs
+            ctx, k, t_k, t_k1, step.dense_info, a_args, a_subs
         )
         a_t_k = a_t_k + s_t_k
         a_t_k1 = a_t_k1 + s_t_k1
-    cts = pullback(carry.a_y, carry.a_state, ct_dense, c_y0)
-    ct_y0, ct_state0, ct_t0, ct_t1, ct_args, ct_terms = cts
-    a_t_k = a_t_k + or_zero(ct_t0, ctx.zero_time)
-    a_t_k1 = a_t_k1 + or_zero(ct_t1, ctx.zero_time)
+    cts = step.pullback(carry.a_y, carry.a_state, ct_dense, c_y0)
+    a_t_k = a_t_k + or_zero(cts.t0, ctx.zero_time)
+    a_t_k1 = a_t_k1 + or_zero(cts.t1, ctx.zero_time)
     a_time = ctx.add_time(carry.a_time, a_t_k, k, times)
     a_time = ctx.add_time(a_time, a_t_k1, k + 1, times)
     return dataclasses.replace(
@@ -403,13 +403,13 @@ def _step_back(ctx: _Context, carry: _BackwardCarry) -> _BackwardCarry:
         k=k - 1,
         y=y0,
         solver_state=state0,
-        a_y=materialise(ct_y0, y0),
-        a_state=materialise(ct_state0, state0),
-        a_args=add(a_args, ct_args),
-        a_terms=add(carry.a_terms, ct_terms),
+        a_y=materialise(cts.y0, y0),
+        a_state=materialise(cts.solver_state0, state0),
+        a_args=add(a_args, cts.args),
+        a_terms=add(carry.a_terms, cts.terms),
         a_time=a_time,
         a_subs=a_subs,
-        term_carry=term_carry,
+        term_carry=step.carry,
     )
 
 
@@ -517,7 +517,7 @@ def _subs(inputs, perturbed, save_state_like, grad_state):
     save_ct = jtu.tree_leaves(grad_state.save_state, is_leaf=is_save_state)
     return [
         Sub(
-            layout=SaveLayout(ts=sub.ts, t0=sub.t0, t1=sub.t1, steps=sub.steps),
+            layout=SaveLayout.of(sub),
             fn=sub.fn,
             ct_ts=materialise(ct.ts, like.ts),
             ct_ys=materialise(ct.ys, like.ys),

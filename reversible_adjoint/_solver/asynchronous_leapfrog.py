@@ -9,7 +9,6 @@ vector field once at `(s, k)` and use it both to reconstruct the step and to
 differentiate it (`evaluation_reuse = "same_step"`).
 """
 
-import warnings
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -20,7 +19,7 @@ import jax.tree_util as jtu
 from jaxtyping import PyTree
 
 from .._diffrax_internals import is_sde
-from .base import AbstractReversibleSolver
+from .base import AbstractReversibleSolver, warn_at_caller
 
 # The solver state is `v`, the running estimate of the derivative (a value of
 # `terms.vf`), at the start or end of the step.
@@ -149,14 +148,13 @@ class AsynchronousLeapfrog(AbstractReversibleSolver, diffrax.AbstractAdaptiveSol
                 "leapfrog)."
             )
         if self.eta != 1:
-            warnings.warn(
+            warn_at_caller(
                 f"`AsynchronousLeapfrog(eta={self.eta})`: with `eta < 1` the inverse "
                 "amplifies round-off by `1 / |1 - 2 * eta|` per step, so the error of "
                 "the reconstructed trajectory (and of gradients from "
                 "`ReversibleAdjoint`) grows like `|1 - 2 * eta| ** (-N)` over `N` "
                 "steps, and the method is only first order. Use it for short solves "
                 "only, or use `eta=1.0`.",
-                stacklevel=2,
             )
 
     def order(self, terms):

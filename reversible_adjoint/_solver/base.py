@@ -11,6 +11,8 @@ once per step and uses that one linearisation twice: to reconstruct the step, an
 pull cotangents back through the step that evaluated there (see `_adjoint_term.py`).
 """
 
+import sys
+import warnings
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
@@ -168,3 +170,25 @@ class AbstractReversibleSolver(diffrax.AbstractSolver):
             f"{type(self).__name__} sets `evaluation_reuse='previous_step'` but does "
             "not implement `last_evaluation`."
         )
+
+
+def warn_at_caller(message):
+    """`warnings.warn(message)`, attributed to the first frame outside this package and
+    the machinery that builds modules (equinox; jaxtyping and beartype when type
+    checking is on), so that it points at the user's `Reversible(...)` line. (A fixed
+    `stacklevel` cannot: the number of wrapper frames depends on type checking.)"""
+    internal = ("reversible_adjoint", "equinox", "jaxtyping", "beartype")
+    frame = sys._getframe(1)
+    while frame.f_back is not None and frame.f_globals.get("__name__", "").startswith(
+        internal
+    ):
+        frame = frame.f_back
+    warnings.warn_explicit(
+        message,
+        UserWarning,
+        frame.f_code.co_filename,
+        frame.f_lineno,
+        module=frame.f_globals.get("__name__"),
+        registry=frame.f_globals.setdefault("__warningregistry__", {}),
+        module_globals=frame.f_globals,
+    )

@@ -29,8 +29,6 @@ Design notes.
 """
 
 import math
-import sys
-import warnings
 from collections.abc import Callable
 from typing import ClassVar
 
@@ -39,7 +37,7 @@ import jax.tree_util as jtu
 from jaxtyping import PyTree
 
 from .._diffrax_internals import is_sde
-from .base import AbstractReversibleSolver
+from .base import AbstractReversibleSolver, warn_at_caller
 
 _SolverState = PyTree  # the auxiliary state `z`, shaped like `y`
 
@@ -73,28 +71,6 @@ def _check_base_solver(solver) -> None:
             "`reversible_adjoint.ReversibleHeun()`; otherwise keep "
             f"`{name}` with `adjoint=diffrax.RecursiveCheckpointAdjoint()`."
         )
-
-
-def _warn_at_caller(message):
-    """`warnings.warn(message)`, attributed to the first frame outside this package and
-    the machinery that builds modules (equinox; jaxtyping and beartype when type
-    checking is on), so that it points at the user's `Reversible(...)` line. (A fixed
-    `stacklevel` cannot: the number of wrapper frames depends on type checking.)"""
-    internal = ("reversible_adjoint", "equinox", "jaxtyping", "beartype")
-    frame = sys._getframe(1)
-    while frame.f_back is not None and frame.f_globals.get("__name__", "").startswith(
-        internal
-    ):
-        frame = frame.f_back
-    warnings.warn_explicit(
-        message,
-        UserWarning,
-        frame.f_code.co_filename,
-        frame.f_lineno,
-        module=frame.f_globals.get("__name__"),
-        registry=frame.f_globals.setdefault("__warningregistry__", {}),
-        module_globals=frame.f_globals,
-    )
 
 
 def _increment(solver, terms, t_start, t_end, y, args):
@@ -227,7 +203,7 @@ class Reversible(AbstractReversibleSolver, diffrax.AbstractStratonovichSolver):
                 "more accurate reconstruction, smaller means a wider stability region."
             )
         if coupling < 0.99:
-            _warn_at_caller(
+            warn_at_caller(
                 f"`Reversible(coupling={coupling})`: reconstructing the forward "
                 f"solve in reverse amplifies round-off by about coupling^(-N) over N "
                 f"steps (here 10^{-1000 * math.log10(coupling):.0f} after 1000 steps), "
