@@ -327,6 +327,22 @@ def _hoist_closures(terms, solver, t0, t1, y0, args, solver_state):
     return jtu.tree_unflatten(treedef, [hoist(i, x) for i, x in enumerate(leaves)])
 
 
+def _hoist_save_closures(saveat, t0, y0, args):
+    """The `SubSaveAt`s of `saveat`, flattened, each with the arrays its `fn` closes
+    over (e.g. the time direction, or a model) hoisted into its PyTree, so that they
+    are differentiated like everything else; and their tree structure."""
+    subs, treedef = jtu.tree_flatten(saveat.subs, is_leaf=_is_subsaveat)
+    subs = [
+        sub
+        if sub.fn is save_y
+        else eqx.tree_at(
+            lambda s: s.fn, sub, eqx.filter_closure_convert(sub.fn, t0, y0, args)
+        )
+        for sub in subs
+    ]
+    return subs, treedef
+
+
 _NONDIFF_CONTROLLER = (
     "`ReversibleAdjoint` differentiates with respect to `t0`, `t1`, `dt0`, "
     "`SaveAt(ts=...)`, `StepTo(ts=...)`, `y0`, `args` and the terms, but not with "
@@ -554,19 +570,7 @@ class ReversibleAdjoint(diffrax.AbstractAdjoint):
             args,
             init_state.solver_state,
         )
-        subs, subs_treedef = jtu.tree_flatten(saveat.subs, is_leaf=_is_subsaveat)
-        # Hoist the arrays that `fn` closes over (e.g. the time direction, or a model)
-        # into its PyTree, so that they are differentiated like everything else.
-        subs = [
-            sub
-            if sub.fn is save_y
-            else eqx.tree_at(
-                lambda s: s.fn,
-                sub,
-                eqx.filter_closure_convert(sub.fn, t0, init_state.y, args),
-            )
-            for sub in subs
-        ]
+        subs, subs_treedef = _hoist_save_closures(saveat, t0, init_state.y, args)
         inputs = dict(
             y0=init_state.y,
             solver_state=init_state.solver_state,

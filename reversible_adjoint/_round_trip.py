@@ -68,6 +68,29 @@ def round_trip_error(
     steps `jK` to `(j + 1)K` (zero for stretches the solve did not reach).
     """
     reversible = as_reversible(solver)
+    solve = _solve(
+        terms, solver, t0, t1, dt0, y0, args, stepsize_controller, max_steps, throw
+    )
+    if checkpoint_every is None:
+        return _undo(reversible, solve, args)
+    return _undo_in_stretches(
+        reversible, solver, solve, args, checkpoint_every, max_steps
+    )
+
+
+class _Solve(eqx.Module):
+    """A solve as diffrax's loop ran it: its terms wrapped for the time direction,
+    the accepted step times (multiplied by the direction), how many, and the state at
+    both ends."""
+
+    terms: PyTree
+    times: Array
+    num_steps: Array
+    start: tuple
+    end: tuple
+
+
+def _solve(terms, solver, t0, t1, dt0, y0, args, controller, max_steps, throw):
     saveat = diffrax.SaveAt(
         subs=[
             diffrax.SubSaveAt(steps=True, fn=_step_time),
@@ -84,52 +107,55 @@ def round_trip_error(
         y0,
         args,
         saveat=saveat,
-        stepsize_controller=stepsize_controller,
+        stepsize_controller=controller,
         max_steps=max_steps,
         throw=throw,
     )
     step_ends, _ = sol.ys
     num_steps = sol.stats["num_accepted_steps"]
     y1 = jtu.tree_map(lambda x: x[0], sol.ys[1])
-    state1 = sol.solver_state
     y0 = jtu.tree_map(lambda x, y: jnp.asarray(x, dtype=y.dtype), y0, y1)
-
-    # The solve as diffrax's loop ran it: times multiplied by the direction, and
-    # terms wrapped to match.
     direction = jnp.where(t0 < t1, 1, -1)
     wrapped = jtu.tree_map(
         lambda term: WrapTerm(term, direction), terms, is_leaf=_wrapped_by_diffrax
     )
-    time_dtype = step_ends.dtype
     times = direction * jnp.concatenate(
-        [jnp.asarray(t0, dtype=time_dtype)[None], step_ends]
+        [jnp.asarray(t0, dtype=step_ends.dtype)[None], step_ends]
     )
     first_end = jnp.where(num_steps > 0, times[1], times[0])
     state0 = solver.init(wrapped, times[0], first_end, y0, args)
+    return _Solve(wrapped, times, num_steps, (y0, state0), (y1, sol.solver_state))
 
-    def undo(k, y, state):
-        kwargs = {}
-        if reversible.needs_previous_time:
-            kwargs["t_previous"] = times[jnp.maximum(k - 1, 0)]
-        return reversible.backward_step(
-            wrapped, times[k], times[k + 1], y, args, state, False, **kwargs
-        )
 
-    if checkpoint_every is None:
+def _undo_step(reversible, solve, args, k, y, state):
+    """Undoes accepted step `k`."""
+    times = solve.times
+    kwargs = {}
+    if reversible.needs_previous_time:
+        kwargs["t_previous"] = times[jnp.maximum(k - 1, 0)]
+    return reversible.backward_step(
+        solve.terms, times[k], times[k + 1], y, args, state, False, **kwargs
+    )
 
-        def body(i, state):
-            return undo(num_steps - 1 - i, *state)
 
-        reconstructed = lax.fori_loop(0, num_steps, body, (y1, state1))
-        return relative_drift(reconstructed, (y0, state0), magnitudes((y1, state1)))
+def _undo(reversible, solve, args):
+    """Undoes every step from the end; the drift of the reconstructed start."""
 
-    # Step forward again over the same times, storing every `K`-th state, then undo
-    # the steps stretch by stretch.
-    every = checkpoint_every
+    def body(i, state):
+        return _undo_step(reversible, solve, args, solve.num_steps - 1 - i, *state)
+
+    reconstructed = lax.fori_loop(0, solve.num_steps, body, solve.end)
+    return relative_drift(reconstructed, solve.start, magnitudes(solve.end))
+
+
+def _undo_in_stretches(reversible, solver, solve, args, every, max_steps):
+    """Steps forward again over the same times, storing every `every`-th state, then
+    undoes the steps stretch by stretch; the drift of each stretch."""
     size = -(-max_steps // every)
     checkpoints = jtu.tree_map(
-        lambda x: jnp.zeros((size, *x.shape), x.dtype), (y0, state0)
+        lambda x: jnp.zeros((size, *x.shape), x.dtype), solve.start
     )
+    times = solve.times
 
     def step(k, carry):
         (y, state), checkpoints = carry
@@ -141,16 +167,17 @@ def round_trip_error(
             (y, state),
         )
         y, _, _, state, _ = solver.step(
-            wrapped, times[k], times[k + 1], y, args, state, False
+            solve.terms, times[k], times[k + 1], y, args, state, False
         )
         return (y, state), checkpoints
 
-    end, checkpoints = lax.fori_loop(0, num_steps, step, ((y0, state0), checkpoints))
+    init = (solve.start, checkpoints)
+    end, checkpoints = lax.fori_loop(0, solve.num_steps, step, init)
 
     def back(i, carry):
         (y, state), scales, drifts = carry
-        k = num_steps - 1 - i
-        y, state = undo(k, y, state)
+        k = solve.num_steps - 1 - i
+        y, state = _undo_step(reversible, solve, args, k, y, state)
         start = k % every == 0
         j = k // every
         stored = jtu.tree_map(lambda c: c[j], checkpoints)
@@ -162,7 +189,7 @@ def round_trip_error(
         y, state = jtu.tree_map(lambda a, b: jnp.where(start, b, a), (y, state), stored)
         return (y, state), scales, drifts
 
-    drifts = jnp.zeros(size, dtype=time_dtype)
+    drifts = jnp.zeros(size, dtype=times.dtype)
     init = (end, magnitudes(end), drifts)
-    _, _, drifts = lax.fori_loop(0, num_steps, back, init)
+    _, _, drifts = lax.fori_loop(0, solve.num_steps, back, init)
     return drifts
