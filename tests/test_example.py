@@ -8,6 +8,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 EXAMPLE = pathlib.Path(__file__).parent.parent / "examples" / "train_neural_ode.py"
 
 
@@ -19,30 +21,67 @@ def _load_example():
 
 
 def test_smoke(tmp_path, capsys):
+    """The main job end to end, at tiny sizes, one step count and three adjoints (each
+    compiled once): its table, the files it writes, and the gradients it compares."""
     example = _load_example()
-    output = tmp_path / "out.png"
-    example.main(
+    rows = example.main(
         [
             "--iterations",
-            "3",
+            "2",
             "--steps",
-            "20",
+            "8",
             "--compare-steps",
-            "20",
+            "8",
             "--repeats",
             "1",
             "--dataset-size",
-            "16",
-            "--batch-size",
             "8",
-            "--output",
-            str(output),
+            "--batch-size",
+            "4",
+            "--state-size",
+            "4",
+            "--width",
+            "4",
+            "--adjoints",
+            "reversible",
+            "checkpoint",
+            "backsolve",
+            "--output-dir",
+            str(tmp_path / "out"),
         ]
     )
     printed = capsys.readouterr().out
-    assert "final loss" in printed
-    assert "| 20 | ReversibleAdjoint |" in printed
-    assert output.stat().st_size > 0
+    assert "training: loss" in printed
+    table = [line for line in printed.splitlines() if line.startswith("| 8 |")]
+    assert [line.split(" | ")[1] for line in table] == [
+        "ReversibleAdjoint",
+        "RecursiveCheckpointAdjoint",
+        "BacksolveAdjoint",
+    ]
+    # Ours is RecursiveCheckpointAdjoint's gradient to float32 round-off, save times
+    # included; BacksolveAdjoint's is not, and it refuses the save times.
+    ours, backsolve = rows["ReversibleAdjoint", 8], rows["BacksolveAdjoint", 8]
+    assert ours["error"] < 1e-5 and ours["ts_error"] < 1e-5, ours
+    assert backsolve["error"] > 1e-4 and backsolve["ts_error"] is None
+    assert table[-1].endswith("| refused |")
+    assert (tmp_path / "out" / "train_neural_ode.png").stat().st_size > 0
+    assert (
+        "| 8 | ReversibleAdjoint |"
+        in (tmp_path / "out" / "train_neural_ode.md").read_text()
+    )
+
+
+def test_flags_are_validated(capsys):
+    example = _load_example()
+    for flags, message in [
+        (["--batch-size", "64", "--dataset-size", "16"], "larger than --dataset-size"),
+        (["--steps", "0"], "must be positive"),
+        (["--solver", "euler"], "invalid choice"),
+        (["--adjoints", "backsolve"], "must include reversible"),
+    ]:
+        with pytest.raises(SystemExit):
+            example.main(flags)
+        assert message in capsys.readouterr().err
 
 
 SHARDED = textwrap.dedent(
@@ -57,7 +96,7 @@ SHARDED = textwrap.dedent(
 
     ts = jnp.linspace(0.0, 3.0, 7)
     y0, ys = example.make_dataset(jr.PRNGKey(0), 8, ts)
-    params, static = eqx.partition(example.NeuralODE(jr.PRNGKey(1)), eqx.is_array)
+    params, static = eqx.partition(example.NeuralODE(jr.PRNGKey(1), 8, 16), eqx.is_array)
     grad_fn = example.make_grad_fn(30, ra.ReversibleHeun(), ra.ReversibleAdjoint())
 
     batch, replicated = example.batch_sharding()
