@@ -15,6 +15,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+pytestmark = pytest.mark.notebooks
+
 NOTEBOOKS = sorted((pathlib.Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 _runs: dict[pathlib.Path, concurrent.futures.Future] = {}
 _executor = concurrent.futures.ThreadPoolExecutor(max_workers=1)
