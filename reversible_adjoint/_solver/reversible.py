@@ -23,16 +23,30 @@ Design notes.
     solver state, and it was made at a point (the end of a base step) that the inverse
     never revisits. The wrapper's `solver_state` is `z` alone, which the inverse
     rebuilds exactly.
+- The base method's stage loop. diffrax runs a Runge–Kutta method's stages in an
+    `equinox.internal.while_loop` of kind `scan_kind`; the default, `None`, is
+    `"checkpointed"`, a `custom_vjp` that forward mode cannot differentiate. diffrax's
+    `ForwardMode` and `DirectAdjoint` switch a solver that is an `AbstractRungeKutta`
+    with `scan_kind=None` to `"lax"` and `"bounded"`. `Reversible` is registered as a
+    virtual subclass of `AbstractRungeKutta` and has a `scan_kind` field of its own, so
+    that switch reaches it, and `_base_for_stepping` passes it on to a base method left
+    at `None`. Reverse-mode adjoints leave it at `None`: the base then runs exactly as
+    given (`"lax"` is the same loop undifferentiated, but cannot be reverse-mode
+    differentiated; `"bounded"` can be both, but compiles to different code, whose
+    output differs from the default's in the last bits, and costs reverse mode time,
+    see `benchmarks/scan_kind.py`).
 - `Ψ` is computed as (base step's output) − (its input). Round-off in that difference
     is the same on the forward and backward passes, because both evaluate it at the
     same arguments.
 """
 
+import abc
 import math
 from collections.abc import Callable
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import diffrax
+import equinox as eqx
 import jax.tree_util as jtu
 from jaxtyping import PyTree
 
@@ -71,6 +85,13 @@ def _check_base_solver(solver) -> None:
             "`reversible_adjoint.ReversibleHeun()`; otherwise keep "
             f"`{name}` with `adjoint=diffrax.RecursiveCheckpointAdjoint()`."
         )
+
+
+_SCAN_KINDS = (None, "lax", "checkpointed", "bounded")
+
+
+def _is_none(x):
+    return x is None
 
 
 def _increment(solver, terms, t_start, t_end, y, args):
@@ -136,6 +157,30 @@ class Reversible(AbstractReversibleSolver, diffrax.AbstractStratonovichSolver):
     grows from small to large (`z` lags `y` by the base method's local error, and the
     coupling feeds that lag back into `y`); the order is unchanged, but step-halving
     studies across that transition can show an apparent order above the base's.
+    On short solves (`N·(1 − λ)` well below 1), where the scheme is nearly
+    time-symmetric (it is symmetric at `λ = 1`), a fifth-order base can show about
+    sixth order: `Reversible(diffrax.Tsit5())` (`λ = 0.999`) on diffrax's order test
+    (a random linear 10×10 system over [0, 4], 4 to 256 steps) converges like `h^6.0`
+    to `h^6.1` (bare `Tsit5`: 5.8 and 6.0 on the two coarsest halvings, then 4.5
+    to 4.9), and `Reversible(diffrax.Dopri5())` like `h^5.7` to `h^6.1` up to 32
+    steps, then `h^5`; on small nonlinear problems over [0, 1],
+    `Reversible(diffrax.Tsit5())` shows 5.1 to 5.6. This is not an order to rely on.
+
+    **Autodiff.** Whatever the base method, the wrapper works with `ForwardMode` (so
+    `jax.jvp` and `jax.jacfwd` too), `DirectAdjoint` (both modes),
+    `RecursiveCheckpointAdjoint` and `ReversibleAdjoint`. diffrax runs a Runge–Kutta
+    method's stages in a loop of kind `scan_kind`, whose default (`None`) reverse mode
+    can differentiate but forward mode cannot; diffrax's `ForwardMode` and
+    `DirectAdjoint` switch it to `"lax"` and `"bounded"`. They switch the wrapper's
+    `scan_kind` field, which it passes on to a base method left at `None`: the wrapper
+    behaves as its base method would. Reverse-mode adjoints leave it at `None`, and the
+    base method runs as given. (Stepping the base with `"bounded"` always, which both
+    modes can differentiate, would cost reverse mode 1.1 to 2 times the time and 1.6
+    to 4.9 times the memory: `benchmarks/scan_kind.py`.) `BacksolveAdjoint` works
+    when saving at `t1` only: with `SaveAt(ts=...)` it restarts its backward solve at
+    each save time with the previous solve's `solver_state`, here a `z` that missed
+    the jump it makes in `y`, and its gradients are wrong (as they are for diffrax's
+    `ReversibleHeun`).
 
     **Cost.** Two base steps per step forward: `2s` vector-field evaluations for an
     `s`-stage base method (first-same-as-last reuse is not possible: `Tsit5` and
@@ -179,12 +224,18 @@ class Reversible(AbstractReversibleSolver, diffrax.AbstractStratonovichSolver):
 
     solver: diffrax.AbstractSolver
     coupling: float
+    scan_kind: None | Literal["lax", "checkpointed", "bounded"]
 
     interpolation_cls: ClassVar[Callable[..., diffrax.LocalLinearInterpolation]] = (
         diffrax.LocalLinearInterpolation
     )
 
-    def __init__(self, solver: diffrax.AbstractSolver, coupling=0.999):
+    def __init__(
+        self,
+        solver: diffrax.AbstractSolver,
+        coupling=0.999,
+        scan_kind=None,
+    ):
         """**Arguments:**
 
         - `solver`: the base method, an explicit Runge–Kutta method such as
@@ -193,8 +244,16 @@ class Reversible(AbstractReversibleSolver, diffrax.AbstractStratonovichSolver):
         - `coupling`: `λ ∈ (0, 1]`. The default `0.999` suits solves of up to a few
             thousand steps; see "Choosing the coupling" above. Values below `0.99`
             warn.
+        - `scan_kind`: how the base method's stages are looped over, when the base
+            method leaves its own `scan_kind` at `None`; see "Autodiff" above. Leave it
+            at `None`: diffrax's `ForwardMode` and `DirectAdjoint` set it themselves.
         """
         _check_base_solver(solver)
+        if scan_kind not in _SCAN_KINDS:
+            raise ValueError(
+                "`Reversible(scan_kind=...)` must be one of None, 'lax', "
+                f"'checkpointed' or 'bounded', but got {scan_kind!r}."
+            )
         coupling = float(coupling)
         if not 0 < coupling <= 1:
             raise ValueError(
@@ -213,6 +272,21 @@ class Reversible(AbstractReversibleSolver, diffrax.AbstractStratonovichSolver):
             )
         self.solver = solver
         self.coupling = coupling
+        self.scan_kind = scan_kind
+
+    def _base_for_stepping(self):
+        """The base method, with its stage loop's `scan_kind` set to this wrapper's
+        when the base leaves it at `None` (and has a stage loop)."""
+        base = self.solver
+        if (
+            self.scan_kind is not None
+            and isinstance(base, diffrax.AbstractRungeKutta)
+            and base.scan_kind is None
+        ):
+            base = eqx.tree_at(
+                lambda s: s.scan_kind, base, self.scan_kind, is_leaf=_is_none
+            )
+        return base
 
     @property
     def term_structure(self):
@@ -256,11 +330,10 @@ class Reversible(AbstractReversibleSolver, diffrax.AbstractStratonovichSolver):
         del made_jump
         self._check_terms(terms)
         z0 = solver_state
-        forward, y_error, result_forward = _increment(
-            self.solver, terms, t0, t1, z0, args
-        )
+        base = self._base_for_stepping()
+        forward, y_error, result_forward = _increment(base, terms, t0, t1, z0, args)
         y1 = _couple(y0, z0, forward, self.coupling)
-        backward, _, result_backward = _increment(self.solver, terms, t1, t0, y1, args)
+        backward, _, result_backward = _increment(base, terms, t1, t0, y1, args)
         z1 = _shift(z0, backward, -1)
         result = diffrax.RESULTS.where(
             result_forward == diffrax.RESULTS.successful,
@@ -276,11 +349,24 @@ class Reversible(AbstractReversibleSolver, diffrax.AbstractStratonovichSolver):
         del made_jump
         self._check_terms(terms)
         z1 = solver_state
-        backward, _, _ = _increment(self.solver, terms, t1, t0, y1, args)
+        base = self._base_for_stepping()
+        backward, _, _ = _increment(base, terms, t1, t0, y1, args)
         z0 = _shift(z1, backward, +1)
-        forward, _, _ = _increment(self.solver, terms, t0, t1, z0, args)
+        forward, _, _ = _increment(base, terms, t0, t1, z0, args)
         y0 = _uncouple(y1, z0, forward, self.coupling)
         return y0, z0
 
     def func(self, terms, t0, y0, args):
         return self.solver.func(terms, t0, y0, args)
+
+
+# diffrax's `ForwardMode` and `DirectAdjoint` make a Runge–Kutta method's stage loop
+# forward-differentiable only if `isinstance(solver, AbstractRungeKutta)` and
+# `solver.scan_kind is None`; they then replace `solver.scan_kind`. Registering the
+# wrapper as a virtual subclass lets that switch reach its `scan_kind` field and,
+# through `_base_for_stepping`, its base method. (diffrax 0.7 checks for
+# `AbstractRungeKutta` nowhere else. Equinox's metaclass refuses `register`, to keep
+# its abstract-attribute checks sound for real subclasses; a virtual subclass inherits
+# nothing from the class it is registered with, so `abc.ABCMeta.register`, underneath
+# it, is used directly.)
+abc.ABCMeta.register(diffrax.AbstractRungeKutta, Reversible)
