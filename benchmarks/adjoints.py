@@ -18,7 +18,7 @@ share the machine's noise), gradient/forward ratio, compile time, compiled tempo
 memory (`memory_analysis().temp_size_in_bytes`), and the relative error of the gradient
 against `RecursiveCheckpointAdjoint` computed in float64.
 
-Prints markdown tables and the targets of the benchmark issue with the measured
+Prints markdown tables and the library's performance goals with the measured
 figures; writes PNG plots and `results.json` to `benchmarks/results/` (or `--output`).
 """
 
@@ -26,15 +26,12 @@ import argparse
 import json
 import pathlib
 import platform
-import time
 
 import diffrax
-import equinox as eqx
 import jax
 import jax.numpy as jnp
-import jax.random as jr
-import lineax as lx
 import numpy as np
+from _common import compile_and_measure, make_fns, relative_error, round_robin
 
 import reversible_adjoint as ra
 
@@ -60,106 +57,6 @@ SHORT = {
     "BacksolveAdjoint": "Backsolve",
     "DirectAdjoint": "Direct",
 }
-
-
-#
-# Problems.
-#
-
-
-def make_problem(name, dtype):
-    """Returns `(params, static, terms, y0)`; the model goes in `args` (as
-    `BacksolveAdjoint` requires)."""
-    batch, size = (256, 256) if name == "large" else (32, 64)
-    keys = jr.split(jr.PRNGKey(0), 4)
-    drift = eqx.nn.MLP(
-        size, size, 128, 2, activation=jnp.tanh, key=keys[0], dtype=dtype
-    )
-    y0 = 0.5 * jr.normal(keys[1], (batch, size), dtype=dtype)
-    if name in ("mlp", "large"):
-        model = drift
-        terms = diffrax.ODETerm(lambda t, y, m: jax.vmap(m)(y))
-    else:
-        diffusion = eqx.nn.MLP(
-            size, size, 128, 1, activation=jnp.tanh, key=keys[2], dtype=dtype
-        )
-        model = (drift, diffusion)
-        y0 = y0.ravel()
-        bm = diffrax.VirtualBrownianTree(
-            0.0,
-            1.0,
-            tol=1e-3,
-            shape=jax.ShapeDtypeStruct((batch * size,), dtype),
-            key=keys[3],
-        )
-        batched = lambda f, y: jax.vmap(f)(y.reshape(batch, size)).ravel()
-
-        terms = diffrax.MultiTerm(
-            diffrax.ODETerm(lambda t, y, m: batched(m[0], y)),
-            diffrax.ControlTerm(
-                lambda t, y, m: lx.DiagonalLinearOperator(0.1 * batched(m[1], y)), bm
-            ),
-        )
-
-    params, static = eqx.partition(model, eqx.is_array)
-    return params, static, terms, y0
-
-
-def make_fns(problem, solver, adjoint, num_steps, dtype):
-    params, static, terms, y0 = make_problem(problem, dtype)
-    t0, t1 = jnp.asarray(0.0, dtype), jnp.asarray(1.0, dtype)
-
-    def solve(params, y0, adjoint):
-        sol = diffrax.diffeqsolve(
-            terms,
-            solver,
-            t0,
-            t1,
-            (t1 - t0) / num_steps,
-            y0,
-            args=eqx.combine(params, static),
-            adjoint=adjoint,
-            max_steps=num_steps,
-        )
-        return jnp.mean(sol.ys**2)
-
-    grad = jax.jit(jax.grad(lambda p, y: solve(p, y, adjoint)))
-    forward = jax.jit(lambda p, y: solve(p, y, diffrax.RecursiveCheckpointAdjoint()))
-    return grad, forward, (params, y0)
-
-
-#
-# Measurement.
-#
-
-
-def compile_and_measure(fn, args):
-    start = time.perf_counter()
-    compiled = fn.lower(*args).compile()
-    compile_time = time.perf_counter() - start
-    memory = compiled.memory_analysis().temp_size_in_bytes
-    return compiled, compile_time, memory
-
-
-def round_robin(fns, args, repeats):
-    """Median wall time of each function, timed in interleaved rounds."""
-    for fn in fns.values():
-        jax.block_until_ready(fn(*args))
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            jax.block_until_ready(fn(*args))
-            times[name].append(time.perf_counter() - start)
-    return {name: float(np.median(t)) for name, t in times.items()}
-
-
-def relative_error(got, want):
-    got, want = (
-        jnp.concatenate([x.ravel() for x in jax.tree_util.tree_leaves(g)])
-        for g in (got, want)
-    )
-    return float(jnp.linalg.norm(got - want) / jnp.linalg.norm(want))
 
 
 def methods_for(problem, solver_name, num_steps, quick):
@@ -255,10 +152,11 @@ def table(rows, timed=True):
     return "\n".join(lines)
 
 
-def targets(rows):
-    """The benchmark issue's targets on the MLP problem, at 2,000 and 10,000 steps."""
+def goals(rows):
+    """The library's performance goals on the MLP problem, at 2,000 and 10,000 steps,
+    against the measured figures."""
     lines = [
-        "| steps | solver | figure | target | measured | met |",
+        "| steps | solver | figure | goal | measured | met |",
         "|---:|---|---|---|---:|---|",
     ]
     for steps, solver in sorted(
@@ -297,9 +195,9 @@ def targets(rows):
                 lambda x: x >= 20 or steps != 2000,
             ),
         ]
-        for name, target, value, ok in checks:
+        for name, goal, value, ok in checks:
             lines.append(
-                f"| {steps} | {solver} | {name} | {target} | {value:.2f} | "
+                f"| {steps} | {solver} | {name} | {goal} | {value:.2f} | "
                 f"{'yes' if ok(value) else 'NO'} |"
             )
     # Compile time hardly depends on the number of steps, and one compile is a noisy
@@ -435,8 +333,8 @@ def report(rows):
     for problem in dict.fromkeys(r["problem"] for r in rows):
         print(f"\n## Problem: {problem}\n")
         print(table([r for r in rows if r["problem"] == problem]))
-    print("\n## Targets (MLP problem)\n")
-    print(targets(rows))
+    print("\n## Performance goals (MLP problem)\n")
+    print(goals(rows))
 
 
 def main(argv=None):

@@ -11,41 +11,23 @@ dropped as well). On the MLP neural ODE of `adjoints.py` (float32, batch
 32 x state 64, width 128, constant steps) with `ReversibleHeun`, this times the jitted
 gradient with each of the three, and the forward solve, round-robin (the order rotating
 from one round to the next, so that all share the machine's noise), and prints the
-medians and the ratios warn/ignore and raise/ignore. The target of the drift-check
-issue: the check costs under 2% of the backward pass (gradient minus forward time).
+medians and the ratios warn/ignore and raise/ignore. The library's goal: the check
+costs under 2% of the backward pass (gradient minus forward time).
 The three gradients are checked to be equal, and the healthy solve to warn nothing.
 """
 
 import argparse
 import platform
-import time
 import warnings
 
 import diffrax
 import jax
 import jax.numpy as jnp
-import numpy as np
-from adjoints import compile_and_measure, make_fns
+from _common import compile_and_measure, make_fns, round_robin
 
 import reversible_adjoint as ra
 
 MODES = ("ignore", "warn", "raise")
-
-
-def rotating_round_robin(fns, args, repeats):
-    """Median wall time of each function, timed in interleaved rounds whose order
-    rotates, after one untimed call of each."""
-    for fn in fns.values():
-        jax.block_until_ready(fn(*args))
-    names = list(fns)
-    times = {name: [] for name in names}
-    for i in range(repeats):
-        k = i % len(names)
-        for name in names[k:] + names[:k]:
-            start = time.perf_counter()
-            jax.block_until_ready(fns[name](*args))
-            times[name].append(time.perf_counter() - start)
-    return {name: float(np.median(t)) for name, t in times.items()}
 
 
 def main(argv=None):
@@ -71,7 +53,7 @@ def main(argv=None):
         warnings.simplefilter("always", ra.ReconstructionDriftWarning)
         grads = {mode: compiled[mode](*args) for mode in MODES}
         jax.effects_barrier()
-        times = rotating_round_robin(compiled, args, repeats)
+        times = round_robin(compiled, args, repeats, rotate=True)
         jax.effects_barrier()
     drift_warnings = [w for w in caught if w.category is ra.ReconstructionDriftWarning]
     same = all(
@@ -114,10 +96,10 @@ def main(argv=None):
     print(f"\nwarn/ignore = {warn_ratio:.4f}, raise/ignore = {raise_ratio:.4f}")
     worst = 100 * (max(times["warn"], times["raise"]) - times["ignore"]) / backward
     met = "yes" if worst < 2 else "NO"
-    print(f"target: check < 2% of the backward pass: {worst:+.2f}% ({met})")
+    print(f"goal: check < 2% of the backward pass: {worst:+.2f}% ({met})")
     if num_steps != 2000:
         print(
-            "(the target is stated for 2,000 steps; over few steps the check's fixed "
+            "(the goal is stated for 2,000 steps; over few steps the check's fixed "
             "cost, a host callback, weighs more)"
         )
 

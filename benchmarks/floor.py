@@ -2,14 +2,14 @@
 
     python benchmarks/floor.py [--steps 2000]
 
-On the MLP neural ODE of `adjoints.py` (float32, constant steps), times in one
-round-robin run: the forward solve; `ReversibleAdjoint` with reversible Heun; a
-reference written directly in JAX that does only what any exact O(1)-memory reverse
-pass of reversible Heun must do (one `lax.fori_loop` forward; one backward, each step
-reconstructing the state and making one `jax.vjp` of the vector field, used for the
-reconstruction and the pullback alike); and diffrax's `RecursiveCheckpointAdjoint`,
-default and storing every step. The reference's gradient is checked against
-`ReversibleAdjoint`'s before anything is timed.
+On the MLP neural ODE of `adjoints.py` (`_common.make_problem`; float32, constant
+steps), times in one round-robin run: the forward solve; `ReversibleAdjoint` with
+reversible Heun; a reference written directly in JAX that does only what any exact
+O(1)-memory reverse pass of reversible Heun must do (one `lax.fori_loop` forward; one
+backward, each step reconstructing the state and making one `jax.vjp` of the vector
+field, used for the reconstruction and the pullback alike); and diffrax's
+`RecursiveCheckpointAdjoint`, default and storing every step. The reference's gradient
+is checked against `ReversibleAdjoint`'s before anything is timed.
 
 Per step, the backward pass costs one linearisation of the vector field and one
 transpose, about three forward evaluations of an MLP's matrix products, on top of the
@@ -22,7 +22,7 @@ import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from adjoints import make_problem, relative_error, round_robin
+from _common import make_problem, relative_error, round_robin
 
 import reversible_adjoint as ra
 

@@ -14,13 +14,13 @@ controller call per step, measured here as `checkpoint_every=None` against `K`.
 """
 
 import argparse
-import time
 
 import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
+from _common import round_robin, temp_bytes
 
 import reversible_adjoint as ra
 import reversible_adjoint._adjoint as adjoint_module
@@ -59,14 +59,7 @@ def _measure(problem, num_steps, every, with_t1, repeats):
     argnums = (0, 1, 2) if with_t1 else (0, 1)
     inputs = (y0, params, jnp.array(1.0))
     grad = jax.jit(jax.grad(loss, argnums)).lower(*inputs).compile()
-    memory = grad.memory_analysis().temp_size_in_bytes
-    jax.block_until_ready(grad(*inputs))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(grad(*inputs))
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2], memory
+    return round_robin({"grad": grad}, inputs, repeats)["grad"], temp_bytes(grad)
 
 
 def main():

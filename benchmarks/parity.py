@@ -16,6 +16,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
+from _common import max_relative_error
 
 import reversible_adjoint as ra
 
@@ -81,15 +82,6 @@ def gradients(adjoint, solver, controller_name, saveat_name, inputs):
     return grad(inputs)
 
 
-def relative_error(got, want):
-    errors = [
-        float(jnp.max(jnp.abs(g - w)) / jnp.max(jnp.abs(w)))
-        for g, w in zip(jtu.tree_leaves(got), jtu.tree_leaves(want))
-        if jnp.max(jnp.abs(w)) > 0
-    ]
-    return max(errors, default=0.0)
-
-
 def main():
     y0 = {"x": jnp.array([1.0, 0.5]), "v": jnp.array([0.3, -0.2])}
     args = (jnp.array(0.7), jnp.array(0.4))
@@ -120,7 +112,7 @@ def main():
         )
         cells = []
         for name, g, w in zip(INPUTS, got, want):
-            error = relative_error(g, w)
+            error = max_relative_error(g, w)
             worst[name] = max(worst[name], error)
             cells.append(f"{error:.1e}")
         print(

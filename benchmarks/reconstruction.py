@@ -39,6 +39,7 @@ import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+from _common import relative_error, temp_bytes
 
 import reversible_adjoint as ra
 
@@ -148,16 +149,12 @@ def _compiled_grad(solver, adjoint, num_steps, dt, dtype):
     """The gradient (as one flat vector) and the compiled temporary memory."""
     inputs = _constant_inputs(num_steps, dt, dtype)
     compiled = _grad_fn(solver, adjoint, num_steps).lower(*inputs).compile()
-    memory = compiled.memory_analysis().temp_size_in_bytes
+    memory = temp_bytes(compiled)
     grad_y0, grad_omega = compiled(*inputs)
     grad = jnp.concatenate([grad_y0.ravel(), grad_omega.ravel()])
     if grad.dtype != dtype:
         raise TypeError(f"the gradient is {grad.dtype}, not {jnp.dtype(dtype)}")
     return grad.astype(jnp.float64), memory
-
-
-def _relative_error(got, want):
-    return float(jnp.linalg.norm(got - want) / jnp.linalg.norm(want))
 
 
 def worst_drift(solver, num_steps, dt, every):
@@ -212,13 +209,13 @@ def checkpoint_table(solver_names, num_steps, dt):
         results = {}
         for label, adjoint in baselines.items():
             grad, memory = _compiled_grad(make(), adjoint, num_steps, dt, jnp.float32)
-            results[label] = (_relative_error(grad, reference), None, memory)
+            results[label] = (relative_error(grad, reference), None, memory)
         for every in CHECKPOINT_EVERY:
             adjoint = ra.ReversibleAdjoint(checkpoint_every=every, on_drift="ignore")
             grad, memory = _compiled_grad(make(), adjoint, num_steps, dt, jnp.float32)
             drift = worst_drift(make(), num_steps, dt, every)
             label = f"Reversible(K={every})"
-            results[label] = (_relative_error(grad, reference), drift, memory)
+            results[label] = (relative_error(grad, reference), drift, memory)
             rows.append(label)
         rca_error, all_memory = results["RCA"][0], results["RCA(all)"][2]
         for label in [*rows, *baselines]:

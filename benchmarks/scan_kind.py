@@ -23,7 +23,6 @@ program text instead (to check that a change leaves the program unchanged).
 
 import argparse
 import hashlib
-import time
 
 import diffrax
 import equinox as eqx
@@ -31,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
+from _common import round_robin, temp_bytes
 
 import reversible_adjoint as ra
 
@@ -100,30 +100,21 @@ def main():
                 key = (base, adjoint, kind)
                 grad, forward, args = make_fns(base, kind, adjoint, cli.steps)
                 compiled[key] = grad.lower(*args).compile()
-                memory[key] = compiled[key].memory_analysis().temp_size_in_bytes
+                memory[key] = temp_bytes(compiled[key])
                 outputs[key] = np.asarray(forward(*args))
 
     # Interleaved, rotating rounds: every configuration shares the machine's noise.
-    keys = list(compiled)
-    times = {key: [] for key in keys}
-    for key in keys:
-        jax.block_until_ready(compiled[key](*args))
-    for i in range(cli.repeats):
-        k = i % len(keys)
-        for key in keys[k:] + keys[:k]:
-            start = time.perf_counter()
-            jax.block_until_ready(compiled[key](*args))
-            times[key].append(time.perf_counter() - start)
+    times = round_robin(compiled, args, cli.repeats, rotate=True)
 
     print(f"{cli.steps} steps, median of {cli.repeats} interleaved repeats")
     print(
         f"{'base':8s} {'adjoint':26s} {'scan_kind':9s} {'time (s)':>9s} "
         f"{'temp MiB':>9s} {'vs None':>14s} {'max |Δy(1)|':>12s}"
     )
-    for key in keys:
+    for key in compiled:
         base, adjoint, kind = key
         ref = (base, adjoint, None)
-        t, t_ref = np.median(times[key]), np.median(times[ref])
+        t, t_ref = times[key], times[ref]
         diff = np.max(np.abs(outputs[key] - outputs[ref]))
         print(
             f"{base:8s} {adjoint:26s} {str(kind):9s} {t:9.3f} "

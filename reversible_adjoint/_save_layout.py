@@ -5,7 +5,8 @@ Each `SubSaveAt` owns one buffer (diffrax 0.7), filled in order:
 1. the value at `t0`, if `t0=True`;
 2. step by step, for each accepted step: the `ts` values inside the step (those not yet
    saved and `<=` the step's end), then the step's `steps` value, if due (every
-   `steps`-th accepted step);
+   `steps`-th accepted step; `save_every` reads `steps` from the `SubSaveAt`, as
+   diffrax 0.7.0 and later versions mean it);
 3. the value at the end of the solve, if `t1=True` and it was not saved as the last
    step's `steps` value.
 
@@ -26,6 +27,8 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array
 
+from ._diffrax_internals import save_every
+
 
 class SaveLayout(eqx.Module):
     """The buffer layout of one `SubSaveAt`."""
@@ -34,6 +37,11 @@ class SaveLayout(eqx.Module):
     t0: bool = eqx.field(static=True)
     t1: bool = eqx.field(static=True)
     steps: int = eqx.field(static=True)
+
+    @classmethod
+    def of(cls, sub) -> "SaveLayout":
+        """The layout of the buffer of `sub`, a `diffrax.SubSaveAt`."""
+        return cls(ts=sub.ts, t0=sub.t0, t1=sub.t1, steps=save_every(sub))
 
     @property
     def offset(self) -> int:

@@ -36,6 +36,35 @@ def make_problem(dtype=jnp.float64):
     return diffrax.ODETerm(Field(W)), y0, args
 
 
+class Velocity(eqx.Module):
+    """dq/dt = M(t) p: time-dependent, with a parameter (`M`) inside the term."""
+
+    M: jax.Array
+
+    def __call__(self, t, p, args):
+        scale = 1 + 0.3 * jnp.sin(t)
+        return {"u": scale * (self.M @ p["u"]), "w": scale * p["w"]}
+
+
+def force(t, q, args):
+    """dp/dt = −a q − b cos(t) tanh(q)."""
+    a, b = args
+    return jtu.tree_map(lambda x: -a * x - b * jnp.cos(t) * jnp.tanh(x), q)
+
+
+def make_split_problem():
+    """`make_problem` for a partitioned solver (`SemiImplicitEuler`): a pair of terms,
+    `(dq/dt = M(t) p, dp/dt = −a q − b cos(t) tanh(q))`, on a state `(q, p)` of two
+    pytrees. (diffrax checks each term against its own half of the state, so `q` and
+    `p` share a structure.)"""
+    M = jnp.array([[1.0, 0.2], [0.2, 0.7]])
+    terms = (diffrax.ODETerm(Velocity(M)), diffrax.ODETerm(force))
+    q0 = {"u": jnp.array([1.0, 0.5]), "w": jnp.array(-0.4)}
+    p0 = {"u": jnp.array([0.3, -0.2]), "w": jnp.array(0.6)}
+    args = (jnp.array(0.7), jnp.array(0.4))
+    return terms, (q0, p0), args
+
+
 def readout(ys):
     """A nonlinear scalar loss of the saved values (every leaf, every entry)."""
     leaves = jtu.tree_leaves(ys)
@@ -59,38 +88,6 @@ def max_relative_error(got, want):
 def assert_nonzero(tree):
     for leaf in jtu.tree_leaves(tree):
         assert jnp.max(jnp.abs(leaf)) > 0, "reference gradient is zero: test is vacuous"
-
-
-def grads_of_every_input(
-    solver, controller, adjoint, t0, t1, dt0, ts, *, steps, max_steps
-):
-    """Gradients of a solve of `make_problem` with respect to every input: the term,
-    `y0`, `args`, `t0`, `t1`, `SaveAt(ts)`, `dt0` and the grid of a `StepTo`, saving
-    `ts`, every `steps`-th step and `t1`."""
-    grid = controller if isinstance(controller, diffrax.StepTo) else None
-
-    @eqx.filter_jit
-    @eqx.filter_grad
-    def grad(inputs):
-        term, y0, args, t0, t1, ts, dt0, grid = inputs
-        sol = diffrax.diffeqsolve(
-            term,
-            solver,
-            t0,
-            t1,
-            dt0,
-            y0,
-            args=args,
-            saveat=diffrax.SaveAt(ts=ts, steps=steps, t1=True),
-            stepsize_controller=controller if grid is None else grid,
-            adjoint=adjoint,
-            max_steps=max_steps,
-        )
-        return readout(sol.ys) + 0.3 * readout(sol.ts)
-
-    term, y0, args = make_problem()
-    dt0 = None if dt0 is None else jnp.array(dt0)
-    return grad((term, y0, args, t0, t1, ts, dt0, grid))
 
 
 def mlp_term(key, size=3, dtype=jnp.float64):
@@ -216,45 +213,6 @@ def _contains(jaxpr, sub):
     return False
 
 
-STEP_TO_INTERIOR = jnp.linspace(0.3, 1.7, 9) ** 1.2
-
-
-def solve_constant_or_step_to(
-    inputs,
-    solver,
-    controller_name,
-    adjoint=diffrax.RecursiveCheckpointAdjoint(),
-    grid=STEP_TO_INTERIOR,
-):
-    """Solves with `SaveAt(ts=..., t1=True)` and `SaveAt(steps=True)` together.
-    `inputs = (terms, y0, args, t0, t1, ts, dt0)`; `controller_name` is `"constant"`
-    (`ConstantStepSize` with `dt0`) or `"stepto"` (`StepTo` on `t0`, `grid`, `t1`)."""
-    terms, y0, args, t0, t1, ts, dt0 = inputs
-    if controller_name == "constant":
-        controller = diffrax.ConstantStepSize()
-    else:
-        controller, dt0 = (
-            diffrax.StepTo(jnp.concatenate([t0[None], grid, t1[None]])),
-            None,
-        )
-    saveat = diffrax.SaveAt(
-        subs=[diffrax.SubSaveAt(ts=ts, t1=True), diffrax.SubSaveAt(steps=True)]
-    )
-    return diffrax.diffeqsolve(
-        terms,
-        solver,
-        t0,
-        t1,
-        dt0,
-        y0,
-        args=args,
-        saveat=saveat,
-        stepsize_controller=controller,
-        adjoint=adjoint,
-        max_steps=64,
-    )
-
-
 def check_inverse_is_step_backwards(solver):
     """For schemes whose inverse is the scheme itself run from `t1` to `t0`: a step
     back undoes a step forward, and `backward_step` gives the same, to round-off."""
@@ -268,66 +226,214 @@ def check_inverse_is_step_backwards(solver):
     assert jtu.tree_structure(state_inv) == jtu.tree_structure(state0)
 
 
-def observed_orders(solver, ns):
+def observed_orders(solver, ns, split=False):
     """log2 of the ratio of global errors between successive halvings of the step (`n`
     steps for each `n` in `ns`), on y' = t·[[0, −1], [1, 0]]·y over [0, 2], whose
-    solution is y = (cos(t²/2), sin(t²/2))."""
-    term = diffrax.ODETerm(lambda t, y, args: t * jnp.stack([-y[1], y[0]]))
+    solution is y = (cos(t²/2), sin(t²/2)). With `split`, as a pair of terms on
+    `(y₁, y₂)` for a partitioned solver."""
+    if split:
+        term = (
+            diffrax.ODETerm(lambda t, y2, args: -t * y2),
+            diffrax.ODETerm(lambda t, y1, args: t * y1),
+        )
+    else:
+        term = diffrax.ODETerm(lambda t, y, args: t * jnp.stack([-y[1], y[0]]))
 
     def exact(t):
-        return jnp.array([jnp.cos(t**2 / 2), jnp.sin(t**2 / 2)])
+        y = jnp.array([jnp.cos(t**2 / 2), jnp.sin(t**2 / 2)])
+        return (y[0], y[1]) if split else y
 
     @jax.jit
     def error(dt0):
         sol = diffrax.diffeqsolve(
             term, solver, 0.0, 2.0, dt0, exact(0.0), max_steps=max(ns)
         )
-        return jnp.max(jnp.abs(sol.ys[-1] - exact(2.0)))
+        got = jnp.stack([y[-1] for y in jtu.tree_leaves(sol.ys)])
+        return jnp.max(jnp.abs(got - jnp.stack(jtu.tree_leaves(exact(2.0)))))
 
     errors = [error(2.0 / n) for n in ns]
     return [float(jnp.log2(a / b)) for a, b in zip(errors[:-1], errors[1:])]
 
 
-def _readout_ys_ts(sol):
-    return readout(sol.ys) + 0.3 * readout(sol.ts)
+def backward_step(solver, terms, t0, t1, y1, args, state, made_jump, t_previous):
+    """`solver.backward_step`, given the previous step's start `t_previous` where the
+    solver needs it."""
+    kwargs = {"t_previous": t_previous} if solver.needs_previous_time else {}
+    return solver.backward_step(terms, t0, t1, y1, args, state, made_jump, **kwargs)
 
 
-def check_parity_constant_or_step_to(
-    inputs, solver, controller_name, names, rtol, adjoint=ra.ReversibleAdjoint()
+#
+# Gradient parity with `diffrax.RecursiveCheckpointAdjoint`.
+#
+
+RTOL = 1e-8
+INPUT_NAMES = ("terms", "y0", "args", "t0", "t1", "ts", "dt0")
+SAVE_TIMES = (0.0, 0.13, 0.5, 0.51, 1.0, 1.77, 2.0)
+STEP_TO_INTERIOR = jnp.linspace(0.3, 1.7, 9) ** 1.2
+
+
+def check_gradient_parity(
+    loss,
+    inputs,
+    *,
+    rtol=RTOL,
+    adjoint=ra.ReversibleAdjoint(),
+    reference=diffrax.RecursiveCheckpointAdjoint(),
+    names=None,
+    nonzero=(),
+    has_aux=False,
 ):
-    """Gradients of `solve_constant_or_step_to` with respect to every input (named
-    `names`), from `adjoint` against `RecursiveCheckpointAdjoint`."""
+    """The gradient of `loss(inputs, adjoint)` with respect to `inputs` (every array
+    in it), from `adjoint` against `reference`, compiled once each.
 
-    @eqx.filter_jit
-    @eqx.filter_grad
-    def grad(inputs, adjoint):
-        return _readout_ys_ts(
-            solve_constant_or_step_to(inputs, solver, controller_name, adjoint)
-        )
+    Asserts that the two gradients have the same structure (the same inputs without a
+    gradient), that the reference is not zero everywhere, nor on any part named in
+    `nonzero` (a comparison with zero would be vacuous), and that the largest
+    relative error (`max_relative_error`) of each part is under `rtol` (a number, or
+    one per part). `nonzero` is a sequence of names or a function of the reference
+    gradient. `inputs` is a tuple whose parts are named by `names` (default:
+    their positions). Returns `(got, want)`, and the reference's auxiliary output with
+    `has_aux`."""
+    grad = eqx.filter_jit(eqx.filter_grad(loss, has_aux=has_aux))
+    want, got = grad(inputs, reference), grad(inputs, adjoint)
+    if has_aux:
+        (want, aux), (got, _) = want, got
+    names = list(range(len(inputs))) if names is None else list(names)
+    parts = dict(zip(names, zip(got, want, strict=True), strict=True))
+    assert jtu.tree_structure(got) == jtu.tree_structure(want)
+    assert any(jnp.any(x != 0) for x in jtu.tree_leaves(want)), "zero gradient"
+    if callable(nonzero):
+        assert_nonzero(nonzero(want))
+    else:
+        assert_nonzero([parts[name][1] for name in nonzero])
+    errors = {
+        name: max_relative_error(g, w)
+        for name, (g, w) in parts.items()
+        if jtu.tree_leaves(w)
+    }
+    for name, error in errors.items():
+        tol = rtol[name] if isinstance(rtol, dict) else rtol
+        assert error < tol, (name, errors)
+    return (got, want, aux) if has_aux else (got, want)
 
-    want = grad(inputs, diffrax.RecursiveCheckpointAdjoint())
-    got = grad(inputs, adjoint)
+
+def problem_inputs(t0=0.0, t1=2.0, ts=SAVE_TIMES, dt0=0.05, problem=None):
+    """`(terms, y0, args, t0, t1, ts, dt0)` of `make_problem` (or of `problem`, a
+    `(terms, y0, args)`), the times as arrays."""
+    terms, y0, args = make_problem() if problem is None else problem
+    times = tuple(None if x is None else jnp.asarray(x) for x in (t0, t1, ts, dt0))
+    return (terms, y0, args, *times)
+
+
+def step_to(t0, t1, interior=STEP_TO_INTERIOR):
+    """`StepTo` on `t0`, `interior`, `t1`: a non-uniform grid that moves with `t0` and
+    `t1`."""
+    return diffrax.StepTo(jnp.concatenate([t0[None], interior, t1[None]]))
+
+
+def save_ts_t1(ts):
+    return diffrax.SaveAt(ts=ts, t1=True)
+
+
+def solve(
+    inputs,
+    solver,
+    adjoint,
+    controller=diffrax.ConstantStepSize(),
+    saveat=save_ts_t1,
+    max_steps=512,
+):
+    """`diffeqsolve` of `inputs = (terms, y0, args, t0, t1, ts, dt0, *rest)`, saving
+    `saveat(ts)`. `controller` is a step size controller, or a function of
+    `(t0, t1, *rest)` that makes one (for a `StepTo` grid that is differentiated);
+    with a `StepTo`, `dt0` is not used."""
+    terms, y0, args, t0, t1, ts, dt0, *rest = inputs
+    if not isinstance(controller, diffrax.AbstractStepSizeController):
+        controller = controller(t0, t1, *rest)
+    if isinstance(controller, diffrax.StepTo):
+        dt0 = None
+    return diffrax.diffeqsolve(
+        terms,
+        solver,
+        t0,
+        t1,
+        dt0,
+        y0,
+        args=args,
+        saveat=saveat(ts),
+        stepsize_controller=controller,
+        adjoint=adjoint,
+        max_steps=max_steps,
+    )
+
+
+def check_solve_parity(
+    inputs,
+    solver,
+    controller=diffrax.ConstantStepSize(),
+    saveat=save_ts_t1,
+    *,
+    max_steps=512,
+    names=INPUT_NAMES,
+    **kwargs,
+):
+    """`check_gradient_parity` of a nonlinear loss of the values, times and solver
+    state saved by `solve`, with respect to every input (`names` default to
+    `INPUT_NAMES`; name any further inputs). Returns `(got, want, stats)`, `stats`
+    those of the reference solve."""
+
+    def loss(inputs, adjoint):
+        sol = solve(inputs, solver, adjoint, controller, saveat, max_steps)
+        value = readout(sol.ys) + 0.3 * readout(sol.ts) + readout(sol.solver_state)
+        return value, sol.stats
+
+    return check_gradient_parity(loss, inputs, names=names, has_aux=True, **kwargs)
+
+
+def save_ts_t1_and_steps(ts):
+    return diffrax.SaveAt(
+        subs=[diffrax.SubSaveAt(ts=ts, t1=True), diffrax.SubSaveAt(steps=True)]
+    )
+
+
+def check_parity_constant_or_step_to(inputs, solver, controller_name, **kwargs):
+    """`check_solve_parity` saving `ts`, `t1` and every step, with `ConstantStepSize`
+    (`controller_name="constant"`) or on a non-uniform `StepTo` grid (`"stepto"`),
+    whose interior times are then an input too. Every input must have a nonzero
+    gradient, but `dt0`, unused on a `StepTo` grid."""
     if controller_name == "stepto":
-        assert jnp.all(want[-1] == 0) and jnp.all(got[-1] == 0)  # `dt0` is unused
-        want, got = want[:-1], got[:-1]
-    assert_nonzero(want)
-    errors = {name: max_relative_error(g, w) for name, g, w in zip(names, got, want)}
-    assert max(errors.values()) < rtol, errors
+        inputs = (*inputs, STEP_TO_INTERIOR)
+        kwargs.update(controller=step_to, names=(*INPUT_NAMES, "grid"))
+    names = kwargs.get("names", INPUT_NAMES)
+    nonzero = [name for name in names if name != "dt0" or controller_name != "stepto"]
+    return check_solve_parity(
+        inputs,
+        solver,
+        saveat=save_ts_t1_and_steps,
+        max_steps=64,
+        nonzero=nonzero,
+        **kwargs,
+    )
 
 
-def check_step_to_grid_gradient(inputs, solver, rtol):
-    """Gradient with respect to the interior times of the `StepTo` grid of
-    `solve_constant_or_step_to`, from `ReversibleAdjoint` against
-    `RecursiveCheckpointAdjoint`."""
-
-    @eqx.filter_jit
-    @eqx.filter_grad
-    def grad(grid, adjoint):
-        return _readout_ys_ts(
-            solve_constant_or_step_to(inputs, solver, "stepto", adjoint, grid)
-        )
-
-    want = grad(STEP_TO_INTERIOR, diffrax.RecursiveCheckpointAdjoint())
-    got = grad(STEP_TO_INTERIOR, ra.ReversibleAdjoint())
-    assert_nonzero(want)
-    assert max_relative_error(got, want) < rtol
+def check_parity_of_every_input(
+    solver, controller, adjoint, t0, t1, dt0, ts, *, steps, max_steps, **kwargs
+):
+    """`check_solve_parity` of a solve of `make_problem` saving `ts`, every
+    `steps`-th step and `t1`, with respect to every input: the term, `y0`, `args`,
+    `t0`, `t1`, `SaveAt(ts)`, `dt0` and, for a `StepTo` controller, its grid (then an
+    input, named `"grid"`)."""
+    inputs, names = problem_inputs(t0, t1, ts, dt0), INPUT_NAMES
+    if isinstance(controller, diffrax.StepTo):
+        inputs, names = (*inputs, controller), (*INPUT_NAMES, "grid")
+        controller = lambda t0, t1, grid: grid
+    return check_solve_parity(
+        inputs,
+        solver,
+        controller,
+        lambda ts: diffrax.SaveAt(ts=ts, steps=steps, t1=True),
+        max_steps=max_steps,
+        names=names,
+        adjoint=adjoint,
+        **kwargs,
+    )

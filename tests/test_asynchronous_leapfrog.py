@@ -1,11 +1,11 @@
-"""`AsynchronousLeapfrog`: gradients that match `RecursiveCheckpointAdjoint`, an exact
-inverse, its orders of convergence, adaptive steps, and its refusals."""
+"""`AsynchronousLeapfrog`: gradients that match `RecursiveCheckpointAdjoint`, jumps,
+dense output, adaptive steps, the fused backward step, and its refusals. (Its round
+trip, inverse and order are in test_solvers.py.)"""
 
 import warnings
 from typing import ClassVar
 
 import diffrax
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
@@ -15,20 +15,17 @@ import pytest
 import reversible_adjoint as ra
 
 from .helpers import (
-    assert_nonzero,
+    INPUT_NAMES,
     backward_loop_evaluations,
-    check_inverse_is_step_backwards,
+    check_gradient_parity,
+    check_solve_parity,
     count_primitives,
     make_problem,
     max_relative_error,
-    readout,
-    round_trip_error_on_grid,
+    problem_inputs,
     sinh_loss,
     sinh_vector_field,
 )
-
-RTOL = 1e-8
-INPUT_NAMES = ["term", "y0", "args", "t0", "t1", "ts", "dt0"]
 
 
 def _damped(eta):
@@ -39,124 +36,39 @@ def _damped(eta):
 
 # Gradient parity with `RecursiveCheckpointAdjoint`.
 
-
-def _controller(name):
-    if name == "constant":
-        return diffrax.ConstantStepSize()
-    if name == "pid":
-        return diffrax.PIDController(rtol=1e-3, atol=1e-5)
-    raise ValueError(name)
-
-
-def _solve(inputs, adjoint, solver, controller_name, saveat=None):
-    term, y0, args, t0, t1, ts, dt0 = inputs
-    if saveat is None:
-        saveat = diffrax.SaveAt(ts=ts, t1=True)
-    return diffrax.diffeqsolve(
-        term,
-        solver,
-        t0,
-        t1,
-        dt0,
-        y0,
-        args=args,
-        saveat=saveat,
-        stepsize_controller=_controller(controller_name),
-        adjoint=adjoint,
-        max_steps=512,
-    )
-
-
-def _grads(adjoint, solver, controller_name, inputs):
-    @eqx.filter_jit
-    @eqx.filter_grad
-    def grad(inputs):
-        sol = _solve(inputs, adjoint, solver, controller_name)
-        return readout(sol.ys) + 0.3 * readout(sol.ts)
-
-    return grad(inputs)
-
-
-def _inputs(t0=0.0, t1=2.0, ts=(0.0, 0.13, 0.5, 0.51, 1.0, 1.77, 2.0), dt0=0.05):
-    term, y0, args = make_problem()
-    return term, y0, args, jnp.array(t0), jnp.array(t1), jnp.array(ts), jnp.array(dt0)
-
-
-def parity_errors(solver, controller_name, inputs):
-    """Relative error of `ReversibleAdjoint`'s gradient against
-    `RecursiveCheckpointAdjoint`'s, per input, and the reference gradient."""
-    want = _grads(diffrax.RecursiveCheckpointAdjoint(), solver, controller_name, inputs)
-    got = _grads(ra.ReversibleAdjoint(), solver, controller_name, inputs)
-    errors = {}
-    for name, g, w in zip(INPUT_NAMES, got, want, strict=True):
-        if w is None:
-            assert g is None, name
-            continue
-        errors[name] = max_relative_error(g, w)
-    return errors, want
+PID = diffrax.PIDController(rtol=1e-3, atol=1e-5)
 
 
 @pytest.mark.parametrize("controller_name", ["constant", "pid"])
 def test_parity_all_inputs(controller_name):
-    dt0 = 0.05 if controller_name == "constant" else 0.3
-    inputs = _inputs(dt0=dt0)
-    errors, want = parity_errors(ra.AsynchronousLeapfrog(), controller_name, inputs)
-    assert max(errors.values()) < RTOL, errors
+    if controller_name == "constant":
+        inputs, controller = problem_inputs(dt0=0.05), diffrax.ConstantStepSize()
+    else:
+        inputs, controller = problem_inputs(dt0=0.3), PID
     # A zero reference would make the comparison vacuous.
-    assert_nonzero(want)
+    _, _, stats = check_solve_parity(
+        inputs, ra.AsynchronousLeapfrog(), controller, nonzero=INPUT_NAMES
+    )
     if controller_name == "pid":
-        sol = _solve(inputs, ra.ReversibleAdjoint(), ra.AsynchronousLeapfrog(), "pid")
-        assert sol.stats["num_rejected_steps"] > 0
-        assert sol.stats["num_accepted_steps"] > 10
+        assert stats["num_rejected_steps"] > 0
+        assert stats["num_accepted_steps"] > 10
 
 
 def test_parity_backwards_in_time():
     """`t1 < t0`: diffrax wraps the term (`WrapTerm`); the step goes through
     `terms.contr`/`terms.prod`, so it works, and so do its gradients."""
-    inputs = _inputs(t0=2.0, t1=0.0, ts=(2.0, 1.6, 0.9, 0.2), dt0=-0.05)
-    errors, want = parity_errors(ra.AsynchronousLeapfrog(), "constant", inputs)
-    assert max(errors.values()) < RTOL, errors
-    assert_nonzero(want)
+    inputs = problem_inputs(t0=2.0, t1=0.0, ts=(2.0, 1.6, 0.9, 0.2), dt0=-0.05)
+    check_solve_parity(inputs, ra.AsynchronousLeapfrog(), nonzero=INPUT_NAMES)
 
 
 def test_parity_damped():
     """`eta < 1`, on a short solve (the inverse amplifies round-off by 1/|1 − 2η| per
     step, here 1.25^40 ≈ 7e3)."""
-    inputs = _inputs(t1=1.0, ts=(0.0, 0.3, 0.77, 1.0), dt0=0.025)
-    errors, want = parity_errors(_damped(0.9), "constant", inputs)
-    assert max(errors.values()) < RTOL, errors
-    assert_nonzero(want)
+    inputs = problem_inputs(t1=1.0, ts=(0.0, 0.3, 0.77, 1.0), dt0=0.025)
+    check_solve_parity(inputs, _damped(0.9), nonzero=INPUT_NAMES)
 
 
-# The inverse.
-
-
-def _harmonic_oscillator():
-    term = diffrax.ODETerm(lambda t, y, args: jnp.array([y[1], -args * y[0]]))
-    return term, jnp.array([1.0, 0.0]), jnp.array(4.0)
-
-
-@pytest.mark.parametrize("num_steps", [10, 1000])
-def test_round_trip(num_steps):
-    """Forward N steps, then `backward_step` N times, recovers `y0` and `v0`."""
-    for term, y0, args in (make_problem(), _harmonic_oscillator()):
-        ts = 0.01 * jnp.arange(num_steps + 1)
-        error = round_trip_error_on_grid(ra.AsynchronousLeapfrog(), term, ts, y0, args)
-        assert error < 1e-12
-
-
-def test_round_trip_damped():
-    """With `eta < 1` the inverse is still exact, up to round-off amplified by
-    `1/|1 − 2η|` per step."""
-    term, y0, args = _harmonic_oscillator()
-    ts = 0.01 * jnp.arange(21)
-    assert round_trip_error_on_grid(_damped(0.9), term, ts, y0, args) < 1e-12
-
-
-def test_backward_step_is_step_backwards_in_time():
-    """At `eta = 1` the inverse is the step itself with time reversed: a step from t1
-    to t0 undoes a step from t0 to t1 (to round-off)."""
-    check_inverse_is_step_backwards(ra.AsynchronousLeapfrog())
+# Jumps.
 
 
 def test_made_jump_reevaluates_v():
@@ -172,7 +84,7 @@ def test_made_jump_reevaluates_v():
     assert max_relative_error(got[3], want[3]) > 0
 
 
-# Orders of convergence.
+# Dense output.
 
 # y = (cos(t²/2), sin(t²/2)) solves y' = t [[0, −1], [1, 0]] y.
 _rotation = diffrax.ODETerm(lambda t, y, args: t * jnp.array([-y[1], y[0]]))
@@ -202,12 +114,6 @@ def _observed_orders(solver, saveat_ts=None, backwards=False):
     return [float(jnp.log2(a / b)) for a, b in zip(errors[:-1], errors[1:])]
 
 
-def test_second_order():
-    orders = _observed_orders(ra.AsynchronousLeapfrog())
-    assert all(abs(o - 2) < 0.1 for o in orders), orders
-    assert ra.AsynchronousLeapfrog().order(_rotation) == 2
-
-
 def test_dense_output_second_order():
     """`SaveAt(ts=...)` between the steps (Hermite interpolation on `(z, v)`) converges
     at the method's order."""
@@ -217,12 +123,6 @@ def test_dense_output_second_order():
     # Backwards in time (`WrapTerm`), where the Hermite slopes are `terms.prod(v, Δ)`.
     orders = _observed_orders(ra.AsynchronousLeapfrog(), ts[::-1], backwards=True)
     assert all(abs(o - 2) < 0.15 for o in orders), orders
-
-
-def test_damped_first_order():
-    orders = _observed_orders(_damped(0.9))
-    assert all(abs(o - 1) < 0.1 for o in orders), orders
-    assert _damped(0.9).order(_rotation) == 1
 
 
 # Adaptive steps.
@@ -294,16 +194,12 @@ def test_fused_backward_step_evaluates_once():
 
 def test_unfused_parity():
     """The generic path agrees too (it shares `step` and `backward_step`)."""
-    y0, args = jnp.array([0.4, -0.3, 0.2]), jnp.array(0.8)
-    grad = jax.jit(jax.grad(sinh_loss, argnums=(2, 3)), static_argnums=(0, 1))
-    want = grad(
-        ra.AsynchronousLeapfrog(), diffrax.RecursiveCheckpointAdjoint(), y0, args
-    )
-    assert_nonzero(want)
+    inputs = (jnp.array([0.4, -0.3, 0.2]), jnp.array(0.8))
     for solver in (ra.AsynchronousLeapfrog(), UnfusedLeapfrog()):
-        assert (
-            max_relative_error(grad(solver, ra.ReversibleAdjoint(), y0, args), want)
-            < RTOL
+        check_gradient_parity(
+            lambda inputs, adjoint: sinh_loss(solver, adjoint, *inputs),
+            inputs,
+            nonzero=[0, 1],
         )
 
 

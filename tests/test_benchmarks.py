@@ -1,8 +1,9 @@
-"""Smoke tests of the benchmark scripts in their quick modes (no timing assertions)."""
+"""Smoke tests of the benchmark scripts in their quick modes (no timing assertions),
+each run as a script in its own process, as a user runs it."""
 
-import importlib.util
 import json
 import pathlib
+import subprocess
 import sys
 
 import pytest
@@ -10,23 +11,21 @@ import pytest
 BENCHMARKS = pathlib.Path(__file__).parent.parent / "benchmarks"
 
 
-def _load(name):
-    sys.path.insert(0, str(BENCHMARKS))  # the scripts import each other
-    try:
-        spec = importlib.util.spec_from_file_location(
-            f"{name}_benchmark", BENCHMARKS / f"{name}.py"
-        )
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-    return module
+def _run(name, *argv):
+    """Runs `benchmarks/<name>.py` with `argv`; its standard output."""
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / f"{name}.py"), *argv],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result.stdout
 
 
 @pytest.mark.slow
-def test_quick_benchmark(tmp_path, capsys):
-    _load("adjoints").main(["--quick", "--output", str(tmp_path)])
-    printed = capsys.readouterr().out
+def test_quick_benchmark(tmp_path):
+    printed = _run("adjoints", "--quick", "--output", str(tmp_path))
     assert "| ReversibleHeun | ReversibleAdjoint |" in printed
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
     ours = [
@@ -36,9 +35,8 @@ def test_quick_benchmark(tmp_path, capsys):
     assert (tmp_path / "adjoints.png").stat().st_size > 0
 
 
-def test_floor_reference(capsys):
+def test_floor_reference():
     """The hand-written reference computes the same gradient as `ReversibleAdjoint`
     (the script checks it before timing)."""
-    _load("floor").main(["--steps", "20", "--repeats", "1"])
-    printed = capsys.readouterr().out
+    printed = _run("floor", "--steps", "20", "--repeats", "1")
     assert "| hand-written reference |" in printed

@@ -11,81 +11,31 @@ import pytest
 
 import reversible_adjoint as ra
 
-from .helpers import assert_nonzero, make_problem, max_relative_error, readout
+from .helpers import (
+    INPUT_NAMES,
+    check_gradient_parity,
+    check_solve_parity,
+    make_problem,
+    problem_inputs,
+    readout,
+    save_ts_t1,
+    step_to,
+)
 
-RTOL = 1e-8
 SOLVERS = [ra.ReversibleHeun(), diffrax.ReversibleHeun()]
-SOLVER_IDS = ["ra.ReversibleHeun", "diffrax.ReversibleHeun"]
+CONTROLLERS = {
+    "constant": (diffrax.ConstantStepSize(), 0.05),
+    "pid": (diffrax.PIDController(rtol=1e-3, atol=1e-5), 0.3),
+    "step_ts": (diffrax.PIDController(rtol=1e-3, atol=1e-5, step_ts=[0.4, 1.1]), 0.3),
+    "stepto": (step_to, None),
+}
 
 
-def _controller(name, t0, t1):
-    if name == "constant":
-        return diffrax.ConstantStepSize(), 0.05
-    if name == "pid":
-        return diffrax.PIDController(rtol=1e-3, atol=1e-5), 0.3
-    if name == "step_ts":
-        return diffrax.PIDController(rtol=1e-3, atol=1e-5, step_ts=[0.4, 1.1]), 0.3
-    if name == "stepto":
-        return diffrax.StepTo(
-            jnp.concatenate(
-                [jnp.array([t0]), jnp.linspace(0.3, 1.7, 9) ** 1.2, jnp.array([t1])]
-            )
-        ), None
-    raise ValueError(name)
-
-
-def _solve(inputs, adjoint, solver, controller_name, saveat_fn, max_steps=512):
-    term, y0, args, t0, t1, ts, dt0 = inputs
-    controller, default_dt0 = _controller(controller_name, t0, t1)
-    if default_dt0 is None:
-        dt0 = None
-    return diffrax.diffeqsolve(
-        term,
-        solver,
-        t0,
-        t1,
-        dt0,
-        y0,
-        args=args,
-        saveat=saveat_fn(ts),
-        stepsize_controller=controller,
-        adjoint=adjoint,
-        max_steps=max_steps,
-    )
-
-
-def _grads(adjoint, solver, controller_name, saveat_fn, inputs):
-    @eqx.filter_jit
-    @eqx.filter_grad
-    def grad(inputs):
-        sol = _solve(inputs, adjoint, solver, controller_name, saveat_fn)
-        return readout(sol.ys) + 0.3 * readout(sol.ts)
-
-    return grad(inputs)
-
-
-def _inputs(dt0=0.05):
-    term, y0, args = make_problem()
-    ts = jnp.array([0.0, 0.13, 0.5, 0.51, 1.0, 1.77, 2.0])
-    return term, y0, args, jnp.array(0.0), jnp.array(2.0), ts, jnp.array(dt0)
-
-
-def _check(controller_name, saveat_fn, solver=SOLVERS[0], inputs=None):
+def _check(controller_name, saveat, solver=SOLVERS[0], inputs=None, **kwargs):
+    controller, dt0 = CONTROLLERS[controller_name]
     if inputs is None:
-        inputs = _inputs(_controller(controller_name, 0.0, 2.0)[1] or 0.05)
-    want = _grads(
-        diffrax.RecursiveCheckpointAdjoint(), solver, controller_name, saveat_fn, inputs
-    )
-    got = _grads(ra.ReversibleAdjoint(), solver, controller_name, saveat_fn, inputs)
-    names = ["term", "y0", "args", "t0", "t1", "ts", "dt0"]
-    errors = {}
-    for name, g, w in zip(names, got, want):
-        if w is None:
-            assert g is None, name
-            continue
-        errors[name] = max_relative_error(g, w)
-    assert max(errors.values()) < RTOL, errors
-    return got, want
+        inputs = problem_inputs(dt0=dt0)
+    return check_solve_parity(inputs, solver, controller, saveat, **kwargs)
 
 
 # diffrax's own instance runs the same forward pass; it is checked on constant steps
@@ -105,16 +55,18 @@ def test_all_inputs(solver, controller_name, saveat_name):
         saveat_fn = lambda ts: diffrax.SaveAt(ts=ts, t1=True)
     else:
         saveat_fn = lambda ts: diffrax.SaveAt(steps=3, t1=True)
-    got, want = _check(controller_name, saveat_fn, solver)
-    term, y0, args, t0, t1, ts, dt0 = want
     # Every input matters here; a zero reference would make the comparison vacuous.
-    assert_nonzero((term, y0, args, t1))
+    nonzero = ["terms", "y0", "args", "t1"]
     if saveat_name == "ts":
-        assert_nonzero(ts)
+        nonzero.append("ts")
     if controller_name != "stepto":
-        assert_nonzero(t0)
+        nonzero.append("t0")
     if controller_name in ("constant", "pid"):
-        assert_nonzero(dt0)
+        nonzero.append("dt0")
+    _, _, stats = _check(controller_name, saveat_fn, solver, nonzero=nonzero)
+    if controller_name == "pid":
+        assert stats["num_rejected_steps"] > 0
+        assert stats["num_accepted_steps"] > 10
 
 
 @pytest.mark.parametrize(
@@ -126,55 +78,15 @@ def test_one_step_ending_exactly_at_t1(controller_name, saveat_name):
     t0`, or `StepTo([t0, t1])`): the step's end and the saved final time are equal but
     depend on the inputs differently at that tie, and each must get its own
     derivative, as in diffrax."""
-    term, y0, args, t0, t1, ts, _ = _inputs()
+    term, y0, args, t0, _, ts, _ = problem_inputs()
     t1 = jnp.array(0.5)
     inputs = (term, y0, args, t0, t1, ts * 0.25, t1 - t0)
     saveat = SAVEATS["ts"] if saveat_name == "ts" else SAVEATS["steps_t0_t1"]
     if controller_name == "stepto":
-
-        def solve(inputs, adjoint):
-            term, y0, args, t0, t1, ts, _ = inputs
-            return diffrax.diffeqsolve(
-                term,
-                SOLVERS[0],
-                t0,
-                t1,
-                None,
-                y0,
-                args=args,
-                saveat=saveat(ts),
-                stepsize_controller=diffrax.StepTo(jnp.stack([t0, t1])),
-                adjoint=adjoint,
-            )
+        controller = lambda t0, t1: diffrax.StepTo(jnp.stack([t0, t1]))
     else:
-        solve = lambda inputs, adjoint: _solve(
-            inputs, adjoint, SOLVERS[0], "constant", saveat
-        )
-    grad = lambda adjoint: eqx.filter_jit(
-        eqx.filter_grad(
-            lambda inputs: (
-                readout(solve(inputs, adjoint).ys)
-                + 0.3 * readout(solve(inputs, adjoint).ts)
-            )
-        )
-    )(inputs)
-    want = grad(diffrax.RecursiveCheckpointAdjoint())
-    got = grad(ra.ReversibleAdjoint())
-    assert max_relative_error(got, want) < RTOL
-    assert_nonzero((want[3], want[4]))
-
-
-def test_pid_has_rejected_steps():
-    inputs = _inputs(0.3)
-    sol = _solve(
-        inputs,
-        ra.ReversibleAdjoint(),
-        SOLVERS[0],
-        "pid",
-        lambda ts: diffrax.SaveAt(t1=True),
-    )
-    assert sol.stats["num_rejected_steps"] > 0
-    assert sol.stats["num_accepted_steps"] > 10
+        controller = diffrax.ConstantStepSize()
+    check_solve_parity(inputs, SOLVERS[0], controller, saveat, nonzero=["t0", "t1"])
 
 
 SAVEATS = {
@@ -216,86 +128,47 @@ def test_saveat_fn_module_parameters():
         def __call__(self, t, y, args):
             return self.w * y["x"] + t
 
-    def grad(adjoint, w):
-        @eqx.filter_jit
-        @eqx.filter_grad
-        def _grad(w):
-            term, y0, args = make_problem()
-            saveat = diffrax.SaveAt(ts=jnp.linspace(0.1, 1.9, 5), fn=Readout(w))
-            sol = diffrax.diffeqsolve(
-                term,
-                ra.ReversibleHeun(),
-                0.0,
-                2.0,
-                0.05,
-                y0,
-                args=args,
-                saveat=saveat,
-                adjoint=adjoint,
-            )
-            return readout(sol.ys)
+    def loss(inputs, adjoint):
+        (w,) = inputs
+        term, y0, args = make_problem()
+        saveat = diffrax.SaveAt(ts=jnp.linspace(0.1, 1.9, 5), fn=Readout(w))
+        sol = diffrax.diffeqsolve(
+            term,
+            ra.ReversibleHeun(),
+            0.0,
+            2.0,
+            0.05,
+            y0,
+            args=args,
+            saveat=saveat,
+            adjoint=adjoint,
+        )
+        return readout(sol.ys)
 
-        return _grad(w)
-
-    w = jnp.array([0.5, -1.5])
-    want = grad(diffrax.RecursiveCheckpointAdjoint(), w)
-    assert_nonzero(want)
-    assert max_relative_error(grad(ra.ReversibleAdjoint(), w), want) < RTOL
+    check_gradient_parity(loss, (jnp.array([0.5, -1.5]),), nonzero=[0])
 
 
 @pytest.mark.parametrize("controller_name", ["constant", "pid"])
 def test_backwards_in_time(controller_name):
     """`t1 < t0`: diffrax flips time; gradients of the flipped solve must still
     agree."""
-    term, y0, args, _, _, _, _ = _inputs()
-    ts = jnp.array([2.0, 1.6, 0.9, 0.2])
     dt0 = -0.05 if controller_name == "constant" else -0.3
-    inputs = (term, y0, args, jnp.array(2.0), jnp.array(0.0), ts, jnp.array(dt0))
-    _check(controller_name, lambda ts: diffrax.SaveAt(ts=ts, t1=True), inputs=inputs)
+    inputs = problem_inputs(t0=2.0, t1=0.0, ts=(2.0, 1.6, 0.9, 0.2), dt0=dt0)
+    _check(controller_name, save_ts_t1, inputs=inputs)
 
 
 def test_solver_state_output():
     """`SaveAt(solver_state=True)` exposes the final `(ŷ, v)`; its cotangent is pulled
     back too."""
 
-    def grad(adjoint):
-        @eqx.filter_jit
-        @eqx.filter_grad
-        def _grad(inputs):
-            term, y0, args, t0, t1 = inputs
-            sol = diffrax.diffeqsolve(
-                term,
-                ra.ReversibleHeun(),
-                t0,
-                t1,
-                0.05,
-                y0,
-                args=args,
-                saveat=diffrax.SaveAt(t1=True, solver_state=True),
-                adjoint=adjoint,
-            )
-            return readout(sol.ys) + readout(sol.solver_state)
-
-        term, y0, args = make_problem()
-        return _grad((term, y0, args, jnp.array(0.0), jnp.array(2.0)))
-
-    want = grad(diffrax.RecursiveCheckpointAdjoint())
-    assert_nonzero(want)
-    assert max_relative_error(grad(ra.ReversibleAdjoint()), want) < RTOL
+    saveat = lambda ts: diffrax.SaveAt(t1=True, solver_state=True)
+    nonzero = ["terms", "y0", "args", "t0", "t1", "dt0"]
+    check_solve_parity(problem_inputs(), SOLVERS[0], saveat=saveat, nonzero=nonzero)
 
 
 def test_t0_equals_t1():
     """No steps at all: diffrax saves `y0` at every `ts`; gradients still flow."""
-    term, y0, args = make_problem()
-    inputs = (
-        term,
-        y0,
-        args,
-        jnp.array(1.0),
-        jnp.array(1.0),
-        jnp.array([1.0, 1.0]),
-        jnp.array(0.05),
-    )
+    inputs = problem_inputs(t0=1.0, t1=1.0, ts=(1.0, 1.0))
     saveat_fn = lambda ts: diffrax.SaveAt(
         t0=True, ts=ts, t1=True, fn=lambda t, y, args: t * y["x"]
     )
@@ -303,29 +176,16 @@ def test_t0_equals_t1():
 
 
 def test_float32():
-    term, y0, args = make_problem(jnp.float32)
-    ts = jnp.array([0.1, 0.7, 1.5], dtype=jnp.float32)
-    inputs = (
-        term,
-        y0,
-        args,
-        jnp.array(0.0, jnp.float32),
-        jnp.array(2.0, jnp.float32),
-        ts,
-        jnp.array(0.05, jnp.float32),
+    f32 = lambda x: jnp.asarray(x, jnp.float32)
+    inputs = problem_inputs(
+        f32(0.0), f32(2.0), f32([0.1, 0.7, 1.5]), f32(0.05), make_problem(jnp.float32)
     )
-    saveat_fn = lambda ts: diffrax.SaveAt(ts=ts, t1=True)
-    want = _grads(
-        diffrax.RecursiveCheckpointAdjoint(), SOLVERS[0], "constant", saveat_fn, inputs
-    )
-    got = _grads(ra.ReversibleAdjoint(), SOLVERS[0], "constant", saveat_fn, inputs)
-    names = ["term", "y0", "args", "t0", "t1", "ts", "dt0"]
-    for name, g, w in zip(names, got, want):
-        for leaf in jax.tree_util.tree_leaves(g):
-            assert leaf.dtype == jnp.float32
-        # Float32 round-off. The `dt0` gradient is a sum of cancelling terms along the
-        # step grid; there both adjoints are ~2e-4 away from the float64 value.
-        assert max_relative_error(g, w) < (2e-3 if name == "dt0" else 1e-5), name
+    # Float32 round-off. The `dt0` gradient is a sum of cancelling terms along the step
+    # grid; there both adjoints are ~2e-4 away from the float64 value.
+    rtol = {name: 2e-3 if name == "dt0" else 1e-5 for name in INPUT_NAMES}
+    got, _, _ = check_solve_parity(inputs, SOLVERS[0], rtol=rtol)
+    for leaf in jax.tree_util.tree_leaves(got):
+        assert leaf.dtype == jnp.float32
 
 
 @pytest.mark.parametrize(
@@ -338,8 +198,7 @@ def test_step_to_times_not_differentiated(solver):
     a zero cotangent, as from RCA, rather than a structure mismatch."""
     term, y0, args = make_problem()
 
-    @eqx.filter_grad
-    def grad(inputs, adjoint):
+    def loss(inputs, adjoint):
         y0, args = inputs
         controller = diffrax.StepTo(jnp.linspace(0.0, 1.0, 11) ** 1.3)
         sol = diffrax.diffeqsolve(
@@ -355,10 +214,7 @@ def test_step_to_times_not_differentiated(solver):
         )
         return readout(sol.ys)
 
-    want = grad((y0, args), diffrax.RecursiveCheckpointAdjoint())
-    got = grad((y0, args), ra.ReversibleAdjoint())
-    assert_nonzero(want)
-    assert max_relative_error(got, want) < RTOL
+    check_gradient_parity(loss, (y0, args), nonzero=[0, 1])
 
 
 def test_custom_term_closing_over_parameters():
@@ -379,7 +235,8 @@ def test_custom_term_closing_over_parameters():
 
     _, y0, args = make_problem()
 
-    def loss(w, adjoint):
+    def loss(inputs, adjoint):
+        (w,) = inputs
         field = lambda t, y, args: {
             "x": -w * y["v"] * jnp.cos(t),
             "v": w**2 * y["x"] - args[0] * y["v"],
@@ -397,7 +254,4 @@ def test_custom_term_closing_over_parameters():
         )
         return readout(sol.ys)
 
-    w = jnp.array(0.8)
-    want = jax.grad(loss)(w, diffrax.RecursiveCheckpointAdjoint())
-    got = jax.grad(loss)(w, ra.ReversibleAdjoint())
-    assert want != 0 and abs(got - want) < RTOL * abs(want)
+    check_gradient_parity(loss, (jnp.array(0.8),), nonzero=[0])

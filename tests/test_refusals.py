@@ -136,14 +136,63 @@ def test_leapfrog_midpoint_sde(solver):
 
 
 def test_diffrax_version_is_checked():
-    """An older diffrax lays out `SaveAt(steps=...)` differently, which would give
-    wrong gradients: refused. A newer one is untested: a warning."""
+    """A diffrax older than 0.7.0 lays out its saved values differently, which would
+    give wrong gradients: refused. 0.7.0 to 0.7.2 are tested: silent. A newer one is
+    untested: a warning."""
     from reversible_adjoint._diffrax_internals import check_version
 
-    check_version("0.7.2")  # The tested version: silent.
-    for old in ("0.7.0", "0.7.1", "0.6.2"):
-        with pytest.raises(ImportError, match="diffrax==0.7.2"):
+    for tested in ("0.7.0", "0.7.1", "0.7.2", "0.7.2.post1"):
+        check_version(tested)
+    for old in ("0.6.2", "0.6.0", "0.5.1"):
+        with pytest.raises(ImportError, match=r"diffrax>=0\.7\.0,<0\.8"):
             check_version(old)
-    for new in ("0.7.3", "0.8.0"):
-        with pytest.warns(UserWarning, match="tested with diffrax 0.7.2"):
+    for new in ("0.7.3", "0.7.3rc1", "0.8.0"):
+        with pytest.warns(UserWarning, match=r"tested with diffrax 0\.7\.0 to 0\.7\.2"):
             check_version(new)
+
+
+def test_diffrax_version_dispatch():
+    """What `_diffrax_internals` hands the backward pass follows the installed diffrax:
+    `SaveAt(steps=3)` saves every step in 0.7.0 (`steps` is a bool there) and every
+    third step from 0.7.1; 0.7.0 rounds `tnext` to `t1` within `1e-10` (float64),
+    later versions within 100 ULPs. Each is checked against diffrax's own solve."""
+    from reversible_adjoint._diffrax_internals import (
+        _RELEASE,
+        clip_floor,
+        clip_to_end,
+        release,
+        save_every,
+    )
+    from reversible_adjoint._save_layout import SaveLayout
+
+    assert _RELEASE == release(diffrax.__version__)
+    assert (0, 7, 0) <= _RELEASE
+    old = _RELEASE < (0, 7, 1)
+    assert save_every(diffrax.SubSaveAt(steps=True)) == 1
+    assert save_every(diffrax.SubSaveAt(t1=True, steps=False)) == 0
+    assert save_every(diffrax.SubSaveAt(t1=True)) == 0
+    assert save_every(diffrax.SubSaveAt(steps=3)) == (1 if old else 3)
+    # The layout agrees with the buffer diffrax fills.
+    for steps in (True, 3):
+        saveat = diffrax.SaveAt(t0=True, t1=True, steps=steps)
+        sol = _solve(saveat=saveat, adjoint=diffrax.RecursiveCheckpointAdjoint())
+        layout = SaveLayout.of(saveat.subs)
+        num_steps = int(sol.stats["num_accepted_steps"])
+        assert num_steps == 10
+        saved = int(jnp.sum(jnp.isfinite(sol.ts)))
+        assert saved == 1 + layout.steps_saved(num_steps) + layout.t1_due(num_steps)
+
+    t1 = jnp.array(1.0)
+    keep = jnp.array(True)
+    tprev = jnp.array(0.5)
+    # 1e-11 below `t1`: within 0.7.0's tolerance, far outside 100 ULPs.
+    near = jnp.array(1.0 - 1e-11)
+    clipped = clip_to_end(tprev, near, t1, clip_floor(t1), keep)
+    assert clipped == (t1 if old else near)
+    # 50 ULPs below `t1`: clipped by every version.
+    ulps = t1
+    for _ in range(50):
+        ulps = jnp.nextafter(ulps, -jnp.inf)
+    assert clip_to_end(tprev, ulps, t1, clip_floor(t1), keep) == t1
+    # A rejected step halves the way to `t1` instead.
+    assert clip_to_end(tprev, ulps, t1, clip_floor(t1), ~keep) == 0.75

@@ -14,9 +14,14 @@ import pytest
 
 import reversible_adjoint as ra
 
-from .helpers import assert_nonzero, max_relative_error, readout
+from .helpers import (
+    INPUT_NAMES,
+    check_gradient_parity,
+    problem_inputs,
+    readout,
+    solve,
+)
 
-RTOL = 1e-8
 T0, T1 = 0.0, 2.0
 
 
@@ -130,8 +135,7 @@ def _problem(noise, path="tree", key=jr.PRNGKey(0)):
     return terms, y0, args
 
 
-def _grads(
-    adjoint,
+def _check(
     solver,
     controller,
     terms,
@@ -142,29 +146,20 @@ def _grads(
     t1=T1 - 0.1,
     dt0=0.02,
     wrt_times=False,
+    **kwargs,
 ):
-    @eqx.filter_jit
-    @eqx.filter_grad
-    def grad(inputs):
-        terms, y0, args, ts, t0, t1, dt0 = inputs
+    """`check_gradient_parity` of a solve saving `ts` and `t1`, with respect to the
+    terms, `y0`, `args`, `ts` and, with `wrt_times`, `t0`, `t1` and `dt0`."""
+
+    def loss(inputs, adjoint):
+        terms, y0, args, t0, t1, ts, dt0 = inputs
         if not wrt_times:
             t0, t1, dt0 = jax.lax.stop_gradient((t0, t1, dt0))
-        sol = diffrax.diffeqsolve(
-            terms,
-            solver,
-            t0,
-            t1,
-            dt0,
-            y0,
-            args=args,
-            saveat=diffrax.SaveAt(ts=ts, t1=True),
-            stepsize_controller=controller,
-            adjoint=adjoint,
-            max_steps=1024,
-        )
-        return readout(sol.ys)
+        inputs = (terms, y0, args, t0, t1, ts, dt0)
+        return readout(solve(inputs, solver, adjoint, controller, max_steps=1024).ys)
 
-    return grad((terms, y0, args, ts, jnp.array(t0), jnp.array(t1), jnp.array(dt0)))
+    inputs = problem_inputs(t0, t1, ts, dt0, problem=(terms, y0, args))
+    return check_gradient_parity(loss, inputs, names=INPUT_NAMES, **kwargs)
 
 
 CONTROLLERS = {
@@ -187,22 +182,19 @@ def test_parity(solver, noise, controller_name):
     `SaveAt(ts)`, on a `VirtualBrownianTree`."""
     terms, y0, args = _problem(noise)
     ts = jnp.array([0.3, 0.75, 1.2, 1.7])
-    controller = CONTROLLERS[controller_name]
-    want = _grads(
-        diffrax.RecursiveCheckpointAdjoint(), solver, controller, terms, y0, args, ts
-    )
-    got = _grads(ra.ReversibleAdjoint(), solver, controller, terms, y0, args, ts)
-    want_terms, want_y0, want_args, want_ts = want[:4]
-    assert_nonzero(
-        (
+
+    def nonzero(want):
+        want_terms, want_y0, want_args, _, _, want_ts, _ = want
+        return (
             want_terms.terms[0].vector_field,
             want_terms.terms[1].vector_field,
             want_y0,
             want_args,
             want_ts,
         )
-    )
-    assert max_relative_error(got[:4], want[:4]) < RTOL
+
+    controller = CONTROLLERS[controller_name]
+    _check(solver, controller, terms, y0, args, ts, nonzero=nonzero)
 
 
 @pytest.mark.parametrize("controller_name", ["constant", "pid"])
@@ -212,8 +204,8 @@ def test_time_gradients(controller_name):
     terms, y0, args = _problem("general", path="grid")
     ts = jnp.array([0.3, 0.75, 1.2, 1.7])
     controller = CONTROLLERS[controller_name]
-    want = _grads(
-        diffrax.RecursiveCheckpointAdjoint(),
+    nonzero = ("y0", "args", "ts", "t0", "t1", "dt0")
+    _check(
         ra.ReversibleHeun(),
         controller,
         terms,
@@ -221,19 +213,8 @@ def test_time_gradients(controller_name):
         args,
         ts,
         wrt_times=True,
+        nonzero=nonzero,
     )
-    got = _grads(
-        ra.ReversibleAdjoint(),
-        ra.ReversibleHeun(),
-        controller,
-        terms,
-        y0,
-        args,
-        ts,
-        wrt_times=True,
-    )
-    assert_nonzero(want[1:])
-    assert max_relative_error(got, want) < RTOL
 
 
 def test_time_gradients_through_virtual_brownian_tree_raise():
@@ -242,22 +223,13 @@ def test_time_gradients_through_virtual_brownian_tree_raise():
     terms, y0, args = _problem("general")
     ts = jnp.array([0.5, 1.5])
     solver, controller = ra.ReversibleHeun(), CONTROLLERS["constant"]
+    # `check_gradient_parity` computes the reference gradient first.
     with pytest.raises(Exception, match="cannot be autodifferentiated"):
-        _grads(
-            diffrax.RecursiveCheckpointAdjoint(),
-            solver,
-            controller,
-            terms,
-            y0,
-            args,
-            ts,
-            wrt_times=True,
-        )
+        _check(solver, controller, terms, y0, args, ts, wrt_times=True)
     with pytest.raises(
         ValueError, match="VirtualBrownianTree.*not differentiable with respect to time"
     ):
-        _grads(
-            ra.ReversibleAdjoint(),
+        _check(
             solver,
             controller,
             terms,
@@ -265,6 +237,7 @@ def test_time_gradients_through_virtual_brownian_tree_raise():
             args,
             ts,
             wrt_times=True,
+            reference=ra.ReversibleAdjoint(),
         )
 
 

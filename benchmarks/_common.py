@@ -1,0 +1,140 @@
+"""What the benchmark scripts share: the MLP neural ODE and SDE problems, the relative
+error of a gradient, compiled memory and compile time, and timing by the median of
+interleaved repeats."""
+
+import time
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import jax.tree_util as jtu
+import lineax as lx
+import numpy as np
+
+#
+# Problems.
+#
+
+
+def make_problem(name, dtype):
+    """`(params, static, terms, y0)` of a neural ODE (`"mlp"`: MLP vector field, width
+    128, depth 2, batch 32 x state 64; `"large"`: batch 256 x state 256) or a neural
+    SDE (`"sde"`: MLP drift and diagonal diffusion, batch 32 x state 64, on a
+    `VirtualBrownianTree`). The model goes in `args` (as `BacksolveAdjoint`
+    requires)."""
+    batch, size = (256, 256) if name == "large" else (32, 64)
+    keys = jr.split(jr.PRNGKey(0), 4)
+    drift = eqx.nn.MLP(
+        size, size, 128, 2, activation=jnp.tanh, key=keys[0], dtype=dtype
+    )
+    y0 = 0.5 * jr.normal(keys[1], (batch, size), dtype=dtype)
+    if name in ("mlp", "large"):
+        model = drift
+        terms = diffrax.ODETerm(lambda t, y, m: jax.vmap(m)(y))
+    else:
+        diffusion = eqx.nn.MLP(
+            size, size, 128, 1, activation=jnp.tanh, key=keys[2], dtype=dtype
+        )
+        model = (drift, diffusion)
+        y0 = y0.ravel()
+        bm = diffrax.VirtualBrownianTree(
+            0.0,
+            1.0,
+            tol=1e-3,
+            shape=jax.ShapeDtypeStruct((batch * size,), dtype),
+            key=keys[3],
+        )
+        batched = lambda f, y: jax.vmap(f)(y.reshape(batch, size)).ravel()
+
+        terms = diffrax.MultiTerm(
+            diffrax.ODETerm(lambda t, y, m: batched(m[0], y)),
+            diffrax.ControlTerm(
+                lambda t, y, m: lx.DiagonalLinearOperator(0.1 * batched(m[1], y)), bm
+            ),
+        )
+
+    params, static = eqx.partition(model, eqx.is_array)
+    return params, static, terms, y0
+
+
+def make_fns(problem, solver, adjoint, num_steps, dtype):
+    """The jitted gradient of `mean(y(1) ** 2)` with respect to `(params, y0)` through
+    `num_steps` constant steps of `solver` with `adjoint`, the jitted forward solve, and
+    their arguments."""
+    params, static, terms, y0 = make_problem(problem, dtype)
+    t0, t1 = jnp.asarray(0.0, dtype), jnp.asarray(1.0, dtype)
+
+    def solve(params, y0, adjoint):
+        sol = diffrax.diffeqsolve(
+            terms,
+            solver,
+            t0,
+            t1,
+            (t1 - t0) / num_steps,
+            y0,
+            args=eqx.combine(params, static),
+            adjoint=adjoint,
+            max_steps=num_steps,
+        )
+        return jnp.mean(sol.ys**2)
+
+    grad = jax.jit(jax.grad(lambda p, y: solve(p, y, adjoint)))
+    forward = jax.jit(lambda p, y: solve(p, y, diffrax.RecursiveCheckpointAdjoint()))
+    return grad, forward, (params, y0)
+
+
+#
+# Measurement.
+#
+
+
+def relative_error(got, want):
+    """|got − want| / |want|, in the 2-norm over every leaf together."""
+    got, want = (
+        jnp.concatenate([x.ravel() for x in jtu.tree_leaves(g)]) for g in (got, want)
+    )
+    return float(jnp.linalg.norm(got - want) / jnp.linalg.norm(want))
+
+
+def max_relative_error(got, want):
+    """Largest, over the leaves where `want` is not all zero, of
+    max|got − want| / max|want|; 0 if there are none."""
+    errors = [
+        float(jnp.max(jnp.abs(g - w)) / jnp.max(jnp.abs(w)))
+        for g, w in zip(jtu.tree_leaves(got), jtu.tree_leaves(want))
+        if jnp.max(jnp.abs(w)) > 0
+    ]
+    return max(errors, default=0.0)
+
+
+def compile_and_measure(fn, args):
+    """`fn` (a jitted function) compiled for `args`, the seconds compiling took, and
+    the compiled program's temporary memory in bytes."""
+    start = time.perf_counter()
+    compiled = fn.lower(*args).compile()
+    compile_time = time.perf_counter() - start
+    return compiled, compile_time, temp_bytes(compiled)
+
+
+def temp_bytes(compiled):
+    """Temporary memory of a compiled program, in bytes, as XLA reports it."""
+    return compiled.memory_analysis().temp_size_in_bytes
+
+
+def round_robin(fns, args, repeats, rotate=False):
+    """Median wall time of each function of `fns` (a dict) on `args`, after one untimed
+    call of each, timed in `repeats` interleaved rounds so that all share the machine's
+    noise; with `rotate`, the order rotates from one round to the next."""
+    for fn in fns.values():
+        jax.block_until_ready(fn(*args))
+    names = list(fns)
+    times = {name: [] for name in names}
+    for i in range(repeats):
+        k = i % len(names) if rotate else 0
+        for name in names[k:] + names[:k]:
+            start = time.perf_counter()
+            jax.block_until_ready(fns[name](*args))
+            times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(t)) for name, t in times.items()}
