@@ -43,7 +43,7 @@ from jaxtyping import PyTree
 
 from ._cotangents import add as add_cotangents, filter_vjp, materialise
 from ._diffrax_internals import is_sde
-from ._solver.base import AbstractReversibleSolver
+from ._solver.base import AbstractReversibleSolver, undo_step
 
 
 def _linearise(terms, t, y, args):
@@ -269,10 +269,7 @@ class _Unfused(eqx.Module):
         return None, _NO_END_COTANGENTS
 
     def reconstruct(self, solver, known, terms, t0, t1, y1, args, state1, carry, tp):
-        kwargs = dict(t_previous=tp) if solver.needs_previous_time else {}
-        y0, state0 = solver.backward_step(
-            known, t0, t1, y1, args, state1, False, **kwargs
-        )
+        y0, state0 = undo_step(solver, known, t0, t1, y1, args, state1, tp)
         return _Reconstruction(y0, state0, None, None, None)
 
 

@@ -11,6 +11,7 @@ from jaxtyping import Array, ArrayLike, PyTree
 from ._adjoint import as_reversible
 from ._diffrax_internals import WrapTerm
 from ._drift import larger, magnitudes, relative_drift
+from ._solver.base import undo_step
 
 _CONSTANT = diffrax.ConstantStepSize()
 
@@ -130,11 +131,9 @@ def _solve(terms, solver, t0, t1, dt0, y0, args, controller, max_steps, throw):
 def _undo_step(reversible, solve, args, k, y, state):
     """Undoes accepted step `k`."""
     times = solve.times
-    kwargs = {}
-    if reversible.needs_previous_time:
-        kwargs["t_previous"] = times[jnp.maximum(k - 1, 0)]
-    return reversible.backward_step(
-        solve.terms, times[k], times[k + 1], y, args, state, False, **kwargs
+    t_previous = times[jnp.maximum(k - 1, 0)]
+    return undo_step(
+        reversible, solve.terms, times[k], times[k + 1], y, args, state, t_previous
     )
 
 

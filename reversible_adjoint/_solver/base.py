@@ -192,3 +192,10 @@ def warn_at_caller(message):
         registry=frame.f_globals.setdefault("__warningregistry__", {}),
         module_globals=frame.f_globals,
     )
+
+
+def undo_step(solver, terms, t0, t1, y1, args, solver_state, t_previous):
+    """`solver.backward_step` of the step from `t0` to `t1`, given `t_previous` (the
+    start of the step before) if the solver `needs_previous_time`."""
+    kwargs = dict(t_previous=t_previous) if solver.needs_previous_time else {}
+    return solver.backward_step(terms, t0, t1, y1, args, solver_state, False, **kwargs)
