@@ -43,7 +43,7 @@ from jaxtyping import PyTree
 
 from ._cotangents import add as add_cotangents, filter_vjp, materialise
 from ._diffrax_internals import is_sde
-from ._solver.base import AbstractReversibleSolver, undo_step
+from ._solver.base import AbstractReversibleSolver
 
 
 def _linearise(terms, t, y, args):
@@ -269,7 +269,9 @@ class _Unfused(eqx.Module):
         return None, _NO_END_COTANGENTS
 
     def reconstruct(self, solver, known, terms, t0, t1, y1, args, state1, carry, tp):
-        y0, state0 = undo_step(solver, known, t0, t1, y1, args, state1, tp)
+        y0, state0 = solver.backward_step(
+            known, t0, t1, y1, args, state1, False, t_previous=tp
+        )
         return _Reconstruction(y0, state0, None, None, None)
 
 
@@ -475,8 +477,8 @@ class AdjointTerm(eqx.Module):
         - `with_time`: whether to differentiate with respect to `t0` and `t1` (if not,
             their cotangents are `None`).
         - `t_previous`: the start time of the previous step (`t0` for the first step).
-            Solvers whose `backward_step` needs it (`needs_previous_time`) get it, and
-            a settling step uses it to settle the previous step's evaluation.
+            `backward_step` is given it, and a settling step uses it to settle the
+            previous step's evaluation.
         - `is_first`: whether this is the first step of the solve (which has no
             previous step to settle).
 

@@ -11,7 +11,6 @@ from jaxtyping import Array, ArrayLike, PyTree
 from ._adjoint import as_reversible
 from ._diffrax_internals import WrapTerm
 from ._drift import larger, magnitudes, relative_drift
-from ._solver.base import undo_step
 
 _CONSTANT = diffrax.ConstantStepSize()
 
@@ -130,10 +129,9 @@ def _solve(terms, solver, t0, t1, dt0, y0, args, controller, max_steps, throw):
 
 def _undo_step(reversible, solve, args, k, y, state):
     """Undoes accepted step `k`."""
-    times = solve.times
-    t_previous = times[jnp.maximum(k - 1, 0)]
-    return undo_step(
-        reversible, solve.terms, times[k], times[k + 1], y, args, state, t_previous
+    t0, t1, t_previous = (solve.times[i] for i in (k, k + 1, jnp.maximum(k - 1, 0)))
+    return reversible.backward_step(
+        solve.terms, t0, t1, y, args, state, False, t_previous=t_previous
     )
 
 

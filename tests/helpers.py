@@ -220,7 +220,9 @@ def check_inverse_is_step_backwards(solver):
     state0 = solver.init(term, 0.0, 0.1, y0, args)
     y1, _, _, state1, _ = solver.step(term, 0.0, 0.1, y0, args, state0, False)
     y_back, _, _, state_back, _ = solver.step(term, 0.1, 0.0, y1, args, state1, False)
-    y_inv, state_inv = solver.backward_step(term, 0.0, 0.1, y1, args, state1, False)
+    y_inv, state_inv = solver.backward_step(
+        term, 0.0, 0.1, y1, args, state1, False, t_previous=0.0
+    )
     assert max_relative_error((y_back, state_back), (y_inv, state_inv)) < 1e-14
     assert max_relative_error((y_inv, state_inv), (y0, state0)) < 1e-14
     assert jtu.tree_structure(state_inv) == jtu.tree_structure(state0)
@@ -253,13 +255,6 @@ def observed_orders(solver, ns, split=False):
 
     errors = [error(2.0 / n) for n in ns]
     return [float(jnp.log2(a / b)) for a, b in zip(errors[:-1], errors[1:])]
-
-
-def backward_step(solver, terms, t0, t1, y1, args, state, made_jump, t_previous):
-    """`solver.backward_step`, given the previous step's start `t_previous` where the
-    solver needs it."""
-    kwargs = {"t_previous": t_previous} if solver.needs_previous_time else {}
-    return solver.backward_step(terms, t0, t1, y1, args, state, made_jump, **kwargs)
 
 
 #

@@ -58,28 +58,19 @@ class AbstractReversibleSolver(diffrax.AbstractSolver):
     Brownian motion). This is not checked: a step that is not affine in its evaluation
     must leave it `False`.
 
-    **Multistep solvers (optional).** A solver whose state holds the start time of the
-    previous step (as diffrax's `LeapfrogMidpoint` does) cannot recover that time from
-    the state when the step grid is not uniform. It sets the class variable
-    `needs_previous_time = True`, and its `backward_step` is then called with the
-    keyword argument `t_previous`: the start time of the step before the one being
-    inverted (for the first step, `t0` itself, as `init` would have it).
+    **Multistep solvers.** `backward_step` is always given `t_previous`, the start
+    time of the step before the one being inverted (for the first step, `t0` itself,
+    as `init` would have it). One-step solvers ignore it; a solver whose state holds
+    the start time of the previous step (as diffrax's `LeapfrogMidpoint` does) needs
+    it, because on a non-uniform grid that time cannot be recovered from the state.
 
-    The three class flags default to `evaluation_reuse = None`,
-    `affine_in_evaluation = False` and `needs_previous_time = False`: no fusing and no
-    `t_previous`; the backward pass calls `backward_step`, then differentiates `step`.
+    The two class flags default to `evaluation_reuse = None` and
+    `affine_in_evaluation = False`: no fusing; the backward pass calls
+    `backward_step`, then differentiates `step`.
     """
 
     evaluation_reuse: ClassVar[Literal["same_step", "previous_step"] | None] = None
     affine_in_evaluation: ClassVar[bool] = False
-
-    # Multistep solvers whose state holds the start time of the previous step (as
-    # diffrax's `LeapfrogMidpoint` does) cannot recover that time from the state: the
-    # step grid need not be uniform. Such a solver sets this to `True`, and its
-    # `backward_step` is then called with the keyword argument `t_previous`: the start
-    # time of the step before the one being inverted (for the first step, `t0` itself,
-    # as `init` would have it).
-    needs_previous_time: ClassVar[bool] = False
 
     def backward_step(
         self,
@@ -90,6 +81,7 @@ class AbstractReversibleSolver(diffrax.AbstractSolver):
         args: PyTree,
         solver_state: PyTree,
         made_jump: Any,
+        t_previous: Any,
     ) -> tuple[PyTree, PyTree]:
         """Inverts one step of the solver.
 
@@ -104,19 +96,20 @@ class AbstractReversibleSolver(diffrax.AbstractSolver):
         - `made_jump`: whether `step` was called with `made_jump=True`. Reversible
             solvers discard information across a jump, so this is always `False` when
             called by `ReversibleAdjoint`.
-        - `t_previous`: only passed, as a keyword argument, to solvers that set
-            `needs_previous_time = True`; see above.
+        - `t_previous`: the start time of the step before this one (`t0` itself for
+            the first step of the solve). Only multistep solvers need it; see above.
 
         **Returns:**
 
         A 2-tuple `(y0, solver_state0)` such that
         `step(terms, t0, t1, y0, args, solver_state0, made_jump)` returns `y1` and
-        `solver_state` to round-off.
+        `solver_state` to round-off. `ReversibleAdjoint` passes `t_previous` as a
+        keyword argument.
 
         Subclasses implement this, or `fused_backward_step`, from which this follows
         with a plain evaluation of the vector field.
         """
-        del made_jump
+        del made_jump, t_previous
         if (
             type(self).fused_backward_step
             is AbstractReversibleSolver.fused_backward_step
@@ -150,6 +143,8 @@ class AbstractReversibleSolver(diffrax.AbstractSolver):
         - `evaluate`: called exactly once as `evaluate(t, y)`; returns a pair
             `(vf, aux)` where `vf` is `terms.vf(t, y, args)`.
         - `terms`, `t0`, `t1`, `y1`, `args`, `solver_state`: as for `backward_step`.
+            (A fused inverse is not given `t_previous`: the solvers that fuse are
+            one-step methods.)
 
         **Returns:**
 
@@ -192,10 +187,3 @@ def warn_at_caller(message):
         registry=frame.f_globals.setdefault("__warningregistry__", {}),
         module_globals=frame.f_globals,
     )
-
-
-def undo_step(solver, terms, t0, t1, y1, args, solver_state, t_previous):
-    """`solver.backward_step` of the step from `t0` to `t1`, given `t_previous` (the
-    start of the step before) if the solver `needs_previous_time`."""
-    kwargs = dict(t_previous=t_previous) if solver.needs_previous_time else {}
-    return solver.backward_step(terms, t0, t1, y1, args, solver_state, False, **kwargs)

@@ -12,8 +12,8 @@ so the inverse is the same update with the increment negated,
 evaluated at the same point `(t0, y0)`, which the state carries exactly. What the state
 after the step cannot tell is `t₋₁`: on a non-uniform grid (`StepTo`, and even
 `ConstantStepSize`, whose steps differ by round-off) it is not `t0 − (t1 − t0)`. The
-solver therefore sets `needs_previous_time`, and `ReversibleAdjoint` passes the recorded
-start time of the previous accepted step.
+inverse therefore reads `t₋₁` from its `t_previous` argument, the recorded start time of
+the previous accepted step, which `ReversibleAdjoint` passes to every solver.
 """
 
 import operator
@@ -91,7 +91,6 @@ class LeapfrogMidpoint(AbstractReversibleSolver):
     interpolation_cls: ClassVar[Callable[..., diffrax.LocalLinearInterpolation]] = (
         diffrax.LocalLinearInterpolation
     )
-    needs_previous_time: ClassVar[bool] = True
 
     def order(self, terms):
         return 2
@@ -119,14 +118,13 @@ class LeapfrogMidpoint(AbstractReversibleSolver):
         args,
         solver_state: _SolverState,
         made_jump,
-        *,
         t_previous,
     ) -> tuple[PyTree, _SolverState]:
         """Inverts one step; see
         [`reversible_adjoint.AbstractReversibleSolver.backward_step`][].
 
-        `t_previous` (keyword only) is the start time of the step before this one
-        (`t0` itself for the first step): the time `step` read from its state.
+        `t_previous` is the start time of the step before this one (`t0` itself for
+        the first step): the time `step` read from its state.
         """
         del made_jump
         t0_state, y0 = solver_state

@@ -344,9 +344,9 @@ class Reversible(AbstractReversibleSolver, diffrax.AbstractStratonovichSolver):
         return y1, y_error, dense_info, z1, result
 
     def backward_step(
-        self, terms, t0, t1, y1, args, solver_state: _SolverState, made_jump
+        self, terms, t0, t1, y1, args, solver_state: _SolverState, made_jump, t_previous
     ) -> tuple[PyTree, _SolverState]:
-        del made_jump
+        del made_jump, t_previous
         self._check_terms(terms)
         z1 = solver_state
         base = self._base_for_stepping()

@@ -107,9 +107,9 @@ class SemiImplicitEuler(AbstractReversibleSolver):
         return y1, None, dense_info, None, diffrax.RESULTS.successful
 
     def backward_step(
-        self, terms, t0, t1, y1, args, solver_state: None, made_jump
+        self, terms, t0, t1, y1, args, solver_state: None, made_jump, t_previous
     ) -> tuple[PyTree, None]:
-        del solver_state, made_jump
+        del solver_state, made_jump, t_previous
         term_1, term_2 = terms
         y1_1, y1_2 = y1
         y0_2 = _kick(term_2, t0, y1_2, y1_1, args, _negate(term_2.contr(t0, t1)))
