@@ -3,6 +3,9 @@ adjoints, measured side by side in one run.
 
     python benchmarks/adjoints.py         # full run: about 10 minutes on 2 CPU cores
     python benchmarks/adjoints.py --quick # under a minute (the test suite's smoke test)
+    python benchmarks/adjoints.py --max-steps 2000 --problems mlp  # part of the run
+
+(`bash benchmarks/gpu.sh` runs it on a GPU.)
 
 Problems (float32 unless stated):
 - `mlp`: a neural ODE, MLP vector field (width 128, depth 2), batch 32 x state 64;
@@ -346,6 +349,18 @@ def main(argv=None):
     )
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument(
+        "--problems",
+        nargs="+",
+        choices=["mlp", "large", "sde"],
+        help="run only these problems (default: all)",
+    )
+    parser.add_argument(
+        "--max-steps",
+        type=int,
+        default=None,
+        help="leave out the step counts above this (default: none left out)",
+    )
+    parser.add_argument(
         "--output", type=pathlib.Path, default=pathlib.Path(__file__).parent / "results"
     )
     parser.add_argument(
@@ -378,6 +393,16 @@ def main(argv=None):
             ("sde", ["ReversibleHeun"], [100, 2000], True),
         ]
         repeats = options.repeats or 7
+    plan = [
+        (problem, solvers, steps, timed)
+        for problem, solvers, steps, timed in plan
+        if options.problems is None or problem in options.problems
+    ]
+    if options.max_steps is not None:
+        plan = [
+            (problem, solvers, [n for n in steps if n <= options.max_steps], timed)
+            for problem, solvers, steps, timed in plan
+        ]
     device = jax.devices()[0]
     print(
         f"# Benchmark: {platform.platform()}, {jax.device_count()} x "
@@ -390,7 +415,13 @@ def main(argv=None):
     options.output.mkdir(parents=True, exist_ok=True)
     (options.output / "results.json").write_text(
         json.dumps(
-            dict(platform=platform.platform(), device=device.device_kind, rows=rows),
+            dict(
+                platform=platform.platform(),
+                device=device.device_kind,
+                jax=jax.__version__,
+                diffrax=diffrax.__version__,
+                rows=rows,
+            ),
             indent=1,
         )
     )

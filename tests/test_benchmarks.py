@@ -35,6 +35,30 @@ def test_quick_benchmark(tmp_path):
     assert (tmp_path / "adjoints.png").stat().st_size > 0
 
 
+@pytest.mark.slow
+def test_gpu_script_on_cpu(tmp_path):
+    """`benchmarks/gpu.sh --cpu` runs its pipeline on the CPU, with the Python already
+    there (no install), and writes its results in a folder named after the device."""
+    result = subprocess.run(
+        ["bash", str(BENCHMARKS / "gpu.sh"), "--cpu", "--python", sys.executable]
+        + ["--venv", str(tmp_path / "venv"), "--results", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    results = json.loads((tmp_path / "cpu" / "results.json").read_text())
+    assert results["device"] == "cpu"
+    ours = [r for r in results["rows"] if r["method"] == "ReversibleAdjoint"]
+    assert ours and all(r["error"] < 1e-10 for r in ours)
+    assert (tmp_path / "cpu" / "adjoints.png").stat().st_size > 0
+    assert (
+        "| ReversibleHeun | ReversibleAdjoint |"
+        in (tmp_path / "cpu" / "log.txt").read_text()
+    )
+    assert not (tmp_path / "venv").exists()
+
+
 def test_floor_reference():
     """The hand-written reference computes the same gradient as `ReversibleAdjoint`
     (the script checks it before timing)."""
