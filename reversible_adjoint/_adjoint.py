@@ -15,6 +15,10 @@ a known grid, a few per checkpoint.
 Backward: `_backward.py`, which undoes the solve step by step, last to first, with the
 solver's exact inverse (`AdjointTerm`, `_adjoint_term.py`), and pulls the cotangents
 back through each step as it goes.
+
+With an event, the custom VJP covers diffrax's `while` loop only; what diffrax does
+after it (the root find for the event time, the values saved at the end) runs outside,
+differentiated by JAX (`_event.py`).
 """
 
 import functools as ft
@@ -33,6 +37,13 @@ from ._adjoint_term import AdjointTerm, ForwardingTerm
 from ._backward import Residuals, backward
 from ._diffrax_internals import WrapTerm, is_sde, is_unsafe_sde, save_y
 from ._drift import default_drift_rtol, narrowest_dtype
+from ._event import (
+    check_event_supported,
+    finish,
+    forward_event,
+    run_loop_only,
+    without_derivatives,
+)
 from ._solver.base import AbstractReversibleSolver
 from ._solver.leapfrog_midpoint import LeapfrogMidpoint
 from ._solver.reversible_heun import ReversibleHeun
@@ -107,6 +118,7 @@ class _Static(eqx.Module):
     progress_meter: Any
     init_state: Any
     dt0: Any
+    event: diffrax.Event | None = None
 
 
 #
@@ -137,12 +149,12 @@ def _controller(inputs, static):
 
 def _run(inputs, static, stepsize_controller, init_state, solver=None):
     subs = jtu.tree_unflatten(static.subs_treedef, inputs["subs"])
-    return static.adjoint._loop(
+    kwargs = dict(
         args=inputs["args"],
         terms=inputs["terms"],
         solver=static.solver if solver is None else solver,
         stepsize_controller=stepsize_controller,
-        event=None,
+        event=static.event,
         saveat=diffrax.SaveAt(subs=subs, **static.saveat_flags),
         t0=inputs["t0"],
         t1=inputs["t1"],
@@ -150,9 +162,15 @@ def _run(inputs, static, stepsize_controller, init_state, solver=None):
         max_steps=static.max_steps,
         init_state=init_state,
         inner_while_loop=ft.partial(_inner_loop, kind="lax"),
-        outer_while_loop=ft.partial(_outer_loop, kind="lax"),
         progress_meter=static.progress_meter,
     )
+    outer_while_loop = ft.partial(_outer_loop, kind="lax")
+    if static.event is None:
+        return static.adjoint._loop(outer_while_loop=outer_while_loop, **kwargs)
+    # With an event: the `while` loop only. What diffrax does after it (the root
+    # find, the values saved at the end) runs outside this custom VJP (`_event.py`).
+    final_state = run_loop_only(static.adjoint._loop, outer_while_loop, **kwargs)
+    return final_state, {}
 
 
 @eqx.filter_custom_vjp
@@ -227,6 +245,7 @@ def _reversible_loop_fwd(perturbed, inputs, *, static):
         final_tangents=recording.time_tangents,
         t1_tangent=t1_tangent,
         checkpoints=recording.checkpoints,
+        event_tnext=final_state.event_tnext,
     )
     return (final_state, aux_stats), residuals
 
@@ -367,11 +386,7 @@ def _check_supported(
     """Raises a clear error, at trace time, for what `ReversibleAdjoint` does not
     support, naming the alternative."""
     if event is not None:
-        raise NotImplementedError(
-            "`adjoint=ReversibleAdjoint()` does not support events: the solve's "
-            "end would depend on a root find the reverse pass cannot invert. Use "
-            "`adjoint=diffrax.RecursiveCheckpointAdjoint()` instead."
-        )
+        check_event_supported(event, terms)
     if saveat.dense:
         raise NotImplementedError(
             "`adjoint=ReversibleAdjoint()` does not support `SaveAt(dense=True)`: "
@@ -420,6 +435,78 @@ def _check_supported(
         raise NotImplementedError(_JUMPS.format("`jump_ts`"))
 
 
+def _loop_inputs(adjoint, reversible, solve, args, event, init_state, progress_meter):
+    """The inputs of the custom VJP `_reversible_loop` (what it differentiates), and
+    its static part, from the solve as diffrax gives it to `ReversibleAdjoint.loop`
+    (`solve`: `terms`, `solver`, `t0`, `t1`, `dt0`, `saveat`, `stepsize_controller`,
+    `max_steps`)."""
+    terms, solver, saveat = solve["terms"], solve["solver"], solve["saveat"]
+    t0, t1, dt0 = solve["t0"], solve["t1"], solve["dt0"]
+    stepsize_controller = solve["stepsize_controller"]
+    if event is not None:
+        forward = forward_event(event, init_state.tprev, init_state.y, args, solve)
+        loop_init_state = without_derivatives(init_state)
+    else:
+        forward, loop_init_state = None, init_state
+    if isinstance(stepsize_controller, diffrax.StepTo):
+        step_to, stepsize_controller = stepsize_controller, None
+    else:
+        step_to = None
+        stepsize_controller = eqxi.nondifferentiable(
+            stepsize_controller, msg=_NONDIFF_CONTROLLER
+        )
+    terms = _hoist_closures(
+        terms,
+        solver,
+        t0,
+        init_state.tnext,
+        init_state.y,
+        args,
+        init_state.solver_state,
+    )
+    subs, subs_treedef = _hoist_save_closures(saveat, t0, init_state.y, args)
+    inputs = dict(
+        y0=init_state.y,
+        solver_state=init_state.solver_state,
+        tprev=init_state.tprev,
+        tnext=init_state.tnext,
+        controller_state=init_state.controller_state,
+        t0=t0,
+        t1=t1,
+        args=args,
+        terms=terms,
+        subs=subs,
+        # `StepTo(ts=...)`: the step times are `ts` themselves, so they are
+        # differentiated directly. Other controllers are not differentiated.
+        step_to=step_to,
+    )
+    rest_of_state = eqx.tree_at(
+        lambda s: (s.y, s.solver_state, s.tprev, s.tnext, s.controller_state),
+        loop_init_state,
+        (None, None, None, None, None),
+        is_leaf=_is_none,
+    )
+    static = _Static(
+        adjoint=adjoint,
+        solver=solver,
+        adjoint_term=AdjointTerm(reversible),
+        stepsize_controller=stepsize_controller,
+        subs_treedef=subs_treedef,
+        saveat_flags=dict(
+            dense=False,
+            solver_state=saveat.solver_state,
+            controller_state=saveat.controller_state,
+            made_jump=saveat.made_jump,
+        ),
+        max_steps=solve["max_steps"],
+        progress_meter=progress_meter,
+        init_state=rest_of_state,
+        dt0=None if dt0 is None else lax.stop_gradient(dt0),
+        event=forward,
+    )
+    return inputs, static
+
+
 class ReversibleAdjoint(diffrax.AbstractAdjoint):
     """Backpropagate through
     [`diffrax.diffeqsolve`](https://docs.kidger.site/diffrax/api/diffeqsolve/) in O(1)
@@ -445,6 +532,13 @@ class ReversibleAdjoint(diffrax.AbstractAdjoint):
     step size controller without jumps works: `ConstantStepSize`, `StepTo`,
     `PIDController` (rejected steps included), `PIDController(step_ts=...)`.
 
+    **Events.** `diffrax.Event`s work on ODEs (with diffrax 0.7.2 and later), with real
+    or boolean conditions, with or without a `root_finder`. With one, the gradient flows
+    through the event time (and the state there, and the parameters of `cond_fn`) by the
+    implicit function theorem, as with `diffrax.RecursiveCheckpointAdjoint`; without,
+    the solve stops at the end of the step in which the condition triggers, and which
+    step that is has no derivative.
+
     **Drift check.** Reconstruction is exact in exact arithmetic only. In floating
     point its error grows with the number of steps, with how contractive the backward
     flow is, and for some solvers much faster (`Reversible(coupling=λ)` amplifies
@@ -469,7 +563,7 @@ class ReversibleAdjoint(diffrax.AbstractAdjoint):
     drift near round-off.
 
     Not supported, with a clear error at trace time: non-reversible solvers,
-    `max_steps=None`, `SaveAt(dense=True)` (which stores every step), events,
+    `max_steps=None`, `SaveAt(dense=True)` (which stores every step), events on SDEs,
     `UnsafeBrownianPath`, and controllers that make jumps (`jump_ts`).
 
     ??? cite "References"
@@ -553,63 +647,33 @@ class ReversibleAdjoint(diffrax.AbstractAdjoint):
             max_steps,
             init_state.made_jump,
         )
-
-        if isinstance(stepsize_controller, diffrax.StepTo):
-            step_to, stepsize_controller = stepsize_controller, None
-        else:
-            step_to = None
-            stepsize_controller = eqxi.nondifferentiable(
-                stepsize_controller, msg=_NONDIFF_CONTROLLER
-            )
-        terms = _hoist_closures(
-            terms,
-            solver,
-            t0,
-            init_state.tnext,
-            init_state.y,
-            args,
-            init_state.solver_state,
-        )
-        subs, subs_treedef = _hoist_save_closures(saveat, t0, init_state.y, args)
-        inputs = dict(
-            y0=init_state.y,
-            solver_state=init_state.solver_state,
-            tprev=init_state.tprev,
-            tnext=init_state.tnext,
-            controller_state=init_state.controller_state,
+        # The solve as diffrax gives it to this loop (and to an event's `cond_fn`).
+        solve = dict(
+            terms=terms,
+            solver=solver,
             t0=t0,
             t1=t1,
-            args=args,
-            terms=terms,
-            subs=subs,
-            # `StepTo(ts=...)`: the step times are `ts` themselves, so they are
-            # differentiated directly. Other controllers are not differentiated.
-            step_to=step_to,
-        )
-        rest_of_state = eqx.tree_at(
-            lambda s: (s.y, s.solver_state, s.tprev, s.tnext, s.controller_state),
-            init_state,
-            (None, None, None, None, None),
-            is_leaf=_is_none,
-        )
-        static = _Static(
-            adjoint=self,
-            solver=solver,
-            adjoint_term=AdjointTerm(reversible),
+            dt0=dt0,
+            saveat=saveat,
             stepsize_controller=stepsize_controller,
-            subs_treedef=subs_treedef,
-            saveat_flags=dict(
-                dense=False,
-                solver_state=saveat.solver_state,
-                controller_state=saveat.controller_state,
-                made_jump=saveat.made_jump,
-            ),
             max_steps=max_steps,
-            progress_meter=progress_meter,
-            init_state=rest_of_state,
-            dt0=None if dt0 is None else lax.stop_gradient(dt0),
+        )
+        inputs, static = _loop_inputs(
+            self, reversible, solve, args, event, init_state, progress_meter
         )
         final_state, aux_stats = _reversible_loop(inputs, static=static)
+        if event is not None:
+            # What diffrax does after its loop, differentiated by JAX (`_event.py`).
+            final_state, aux_stats = finish(
+                self._loop,
+                final_state,
+                args=args,
+                event=event,
+                init_state=init_state,
+                inner_while_loop=ft.partial(_inner_loop, kind="lax"),
+                progress_meter=progress_meter,
+                **solve,
+            )
         # Integer outputs (`result`, step counts) carry no derivative. Saying so keeps
         # JAX from linearising what diffrax does with them (e.g. `throw=True`).
         final_state = jtu.tree_map(

@@ -4,6 +4,9 @@
 
 1. `_pull_back_end`: the cotangents of the final state, and of the values saved at the
    end of the solve (`SaveAt(t1=True)`, the last step's `SaveAt(steps=...)` value).
+   With an event, what diffrax does after the loop is outside the custom VJP
+   (`_event.py`), and sends cotangents of the last step's times and dense output
+   instead (`_EventCotangents`; the dense output's join that step's pullback).
 2. A `lax.while_loop` over the accepted steps, last to first, in stretches
    (`_stretch_back`): from checkpoint to checkpoint (each restarts from its
    checkpoint, and recomputes its step times if the grid is known), or, without
@@ -70,7 +73,8 @@ class Residuals(eqx.Module):
     """What the forward pass keeps for the backward pass: the final `y` and solver
     state, the step record (`StepRecord` or `GridRecord`), the tangents of the final
     `(tprev, tnext, controller state)` (`None` if no time input is differentiated),
-    the tangent of `t1`, and the checkpoints (or `None`)."""
+    the tangent of `t1`, the checkpoints (or `None`), and with an event, the end of
+    the last step as the loop left it (`event_tnext`; `None` without an event)."""
 
     y: PyTree
     solver_state: PyTree
@@ -78,6 +82,7 @@ class Residuals(eqx.Module):
     final_tangents: Any
     t1_tangent: Array
     checkpoints: Any
+    event_tnext: Array | None = None
 
 
 class Sub(eqx.Module):
@@ -132,6 +137,9 @@ class _Context(eqx.Module):
     - `record`, `controller`, `checkpoints`: the step record, the controller that
         recomputes its stretches, the stored states (or `None`).
     - `every`: the length of a stretch.
+    - `event_dense`: with an event and a root finder, the cotangent of the last
+        step's dense output, from the root find after the loop (`_event.py`); else
+        `None`.
     """
 
     terms: PyTree
@@ -149,10 +157,11 @@ class _Context(eqx.Module):
     controller: Any
     checkpoints: Any
     every: int = eqx.field(static=True)
+    event_dense: PyTree | None = None
 
     def add_time(self, a_time: TimeCotangent, ct_t, k, times) -> TimeCotangent:
         """Adds the cotangent `ct_t` of the accepted time `times.time(k)`."""
-        return a_time.add(ct_t, k, times, self.step_to_ts, self.num_accepted)
+        return a_time.add(ct_t, k, times, self.step_to_ts)
 
 
 class _BackwardCarry(eqx.Module):
@@ -264,15 +273,52 @@ def _pull_back_snapshots(ctx: _Context, k, t_k, t_k1, dense_info, a_args, a_subs
     return ct_dense, a_t_k, a_t_k1, a_args, a_subs
 
 
+class _EventCotangents(eqx.Module):
+    """With an event, the cotangents of the start (`tprev`) and end (`tnext`) of the
+    loop's last step and of its dense output (`dense`; `None` if nothing after the
+    loop uses it, as without a root finder), from what diffrax does after the loop
+    (`_event.py`)."""
+
+    tprev: Array
+    tnext: Array
+    dense: PyTree | None
+
+
+def _event_cotangents(grad_state, residuals, times, dense_like, zero):
+    """The `_EventCotangents` in the cotangent `grad_state` of the loop's final
+    state.
+
+    The loop's last step is the last accepted one, except when its last iteration
+    was a rejected step: only when it stopped without an event (on `max_steps`, or a
+    failure, with `throw=False`), and the root find uses it only under `jax.vmap`
+    when another solve of the batch had an event. The backward pass does not
+    reconstruct rejected steps: the cotangents are then NaN rather than wrong."""
+    tprev = or_zero(grad_state.event_tprev, zero)
+    tnext = or_zero(grad_state.event_tnext, zero)
+    dense = grad_state.event_dense_info
+    dense = materialise(dense, dense_like) if jtu.tree_leaves(dense) else None
+    rejected = residuals.event_tnext != times.time(residuals.record.num_accepted)
+    used = (tprev != 0) | (tnext != 0)
+    for x in jtu.tree_leaves(dense):
+        used = used | jnp.any(x != 0)
+    nan_if_rejected = lambda x: jnp.where(rejected & used, jnp.nan, x)
+    return _EventCotangents(
+        nan_if_rejected(tprev),
+        nan_if_rejected(tnext),
+        jtu.tree_map(nan_if_rejected, dense),
+    )
+
+
 #
 # The stages.
 #
 
 
-def _pull_back_end(ctx, grad_state, residuals, times, controller_state, drift):
+def _pull_back_end(ctx, grad_state, residuals, times, controller_state, drift, event):
     """The carry of the backward loop before its first step: the cotangents of the
-    final state (`grad_state`), of the values saved at the end of the solve, and of
-    the last step's last evaluation if the `AdjointTerm` settles it there."""
+    final state (`grad_state`), of the values saved at the end of the solve, of the
+    last step's last evaluation if the `AdjointTerm` settles it there, and of the last
+    step's times from an event (`event`, `_EventCotangents`, or `None`)."""
     zero = ctx.zero_time
     num_accepted = ctx.num_accepted
     y_final, state_final = residuals.y, residuals.solver_state
@@ -334,7 +380,12 @@ def _pull_back_end(ctx, grad_state, residuals, times, controller_state, drift):
         jnp.zeros_like(residuals.t1_tangent),
         None if ctx.step_to_ts is None else jnp.zeros_like(ctx.step_to_ts),
     )
+    if event is not None:
+        a_t_step_end = a_t_step_end + event.tnext
     a_time = ctx.add_time(a_time, a_t_step_end, num_accepted, times)
+    if event is not None:
+        last_start = jnp.maximum(num_accepted - 1, 0)
+        a_time = ctx.add_time(a_time, event.tprev, last_start, times)
     if residuals.final_tangents is None:
         a_time = ctx.add_time(a_time, a_t_final, num_accepted, times)
     else:
@@ -344,6 +395,10 @@ def _pull_back_end(ctx, grad_state, residuals, times, controller_state, drift):
             or_zero(grad_state.tnext, zero),
             materialise(grad_state.controller_state, controller_state),
         )
+        if ctx.step_to_ts is not None:
+            # The final `tprev` is a point of the `StepTo` grid too if the solve
+            # stopped before its end.
+            a_time = a_time.add_grid(a_t_final, num_accepted, times, ctx.step_to_ts)
     return _BackwardCarry(
         k=num_accepted - 1,
         y=y_final,
@@ -393,6 +448,9 @@ def _step_back(ctx: _Context, carry: _BackwardCarry) -> _BackwardCarry:
         )
         a_t_k = a_t_k + s_t_k
         a_t_k1 = a_t_k1 + s_t_k1
+        if ctx.event_dense is not None:
+            last = k == ctx.num_accepted - 1
+            ct_dense = add(ct_dense, mask(ctx.event_dense, last))
     cts = step.pullback(carry.a_y, carry.a_state, ct_dense, c_y0)
     a_t_k = a_t_k + or_zero(cts.t0, ctx.zero_time)
     a_t_k1 = a_t_k1 + or_zero(cts.t1, ctx.zero_time)
@@ -451,7 +509,7 @@ def _pull_back_start(ctx: _Context, carry: _BackwardCarry, y0, t0, t0_perturbed)
         if sub.layout.t0:
             ct = entry(sub.ct_ys, 0)
             ct_time = sub.ct_ts[0]
-        if sub.layout.ts is not None:
+        if sub.layout.ts is not None and sub.layout.at_end:
             window = sub.layout.repeated_at_t0()
             repeated = jtu.tree_map(lambda c: jnp.sum(c[window], axis=0), sub.ct_ys)
             repeated = mask(repeated, ctx.t0_equals_t1)
@@ -510,14 +568,15 @@ def _input_cotangents(inputs, perturbed, carry, a_y, a_t0, a_args, a_subs) -> di
     )
 
 
-def _subs(inputs, perturbed, save_state_like, grad_state):
-    """Each `SubSaveAt` as the backward pass sees it (`Sub`)."""
+def _subs(inputs, perturbed, save_state_like, grad_state, at_end):
+    """Each `SubSaveAt` as the backward pass sees it (`Sub`); `at_end`: whether its
+    buffer holds the values saved after the loop (`SaveLayout`)."""
     is_save_state = lambda x: isinstance(x, SaveState)
     save_like = jtu.tree_leaves(save_state_like, is_leaf=is_save_state)
     save_ct = jtu.tree_leaves(grad_state.save_state, is_leaf=is_save_state)
     return [
         Sub(
-            layout=SaveLayout.of(sub),
+            layout=SaveLayout.of(sub, at_end),
             fn=sub.fn,
             ct_ts=materialise(ct.ts, like.ts),
             ct_ys=materialise(ct.ys, like.ys),
@@ -553,7 +612,16 @@ def backward(
     # times of `StepTo(ts=...)`, which are the step times themselves.
     step_to = inputs["step_to"]
     grid_perturbed = step_to is not None and bool(perturbed["step_to"].ts)
-    subs = _subs(inputs, perturbed, static.init_state.save_state, grad_state)
+    with_event = static.event is not None
+    subs = _subs(
+        inputs, perturbed, static.init_state.save_state, grad_state, not with_event
+    )
+    if with_event:
+        event = _event_cotangents(
+            grad_state, residuals, times, static.init_state.event_dense_info, zero_time
+        )
+    else:
+        event = None
     ctx = _Context(
         terms=inputs["terms"],
         args=inputs["args"],
@@ -561,7 +629,8 @@ def backward(
         interpolation_cls=static.solver.interpolation_cls,
         subs=subs,
         with_time=t1_tangent.shape[0] > 0 or grid_perturbed,
-        with_dense=any(sub.layout.ts is not None for sub in subs),
+        with_dense=any(sub.layout.ts is not None for sub in subs)
+        or (event is not None and event.dense is not None),
         num_accepted=record.num_accepted,
         zero_time=zero_time,
         t0_equals_t1=inputs["t0"] == inputs["t1"],
@@ -570,13 +639,14 @@ def backward(
         controller=controller,
         checkpoints=checkpoints,
         every=every,
+        event_dense=None if event is None else event.dense,
     )
     checks = adjoint.on_drift != "ignore"
     end = (residuals.y, residuals.solver_state)
     drift = DriftRecord.init(record.num_accepted, end) if checks else None
 
     carry = _pull_back_end(
-        ctx, grad_state, residuals, times, inputs["controller_state"], drift
+        ctx, grad_state, residuals, times, inputs["controller_state"], drift, event
     )
     carry = lax.while_loop(lambda c: c.k >= 0, ft.partial(_stretch_back, ctx), carry)
     a_y, a_t0, a_args, a_subs = _pull_back_start(

@@ -32,7 +32,8 @@ What differs between the versions, for this package:
   0.7.0 supports Python 3.10, later versions need 3.11.
 
 `check_version` refuses a diffrax older than `OLDEST` at import, and warns for one
-newer than `NEWEST`.
+newer than `NEWEST`. `check_events_supported` refuses events before `EVENTS_SINCE`
+(0.7.2), the release `ReversibleAdjoint`'s event handling is tested against.
 """
 
 import warnings
@@ -50,6 +51,7 @@ __all__ = [
     "AbstractWrappedSolver",
     "SaveState",
     "WrapTerm",
+    "check_events_supported",
     "clip_floor",
     "clip_to_end",
     "is_sde",
@@ -63,6 +65,10 @@ OLDEST = (0, 7, 0)
 NEWEST = (0, 7, 2)
 # From this release: `SubSaveAt(steps=n)` is an int, and the clip to `t1` is 100 ULPs.
 _INT_STEPS_AND_ULP_CLIP = (0, 7, 1)
+# Events rely on how diffrax's `loop` ends (`_event.py`), checked against this release
+# and those after it; with diffrax 0.7.0 (and jax 0.4.38) differentiating what follows
+# the loop fails.
+EVENTS_SINCE = (0, 7, 2)
 
 
 def release(version: str) -> tuple[int, ...]:
@@ -106,6 +112,17 @@ def check_version(version: str):
 
 check_version(diffrax.__version__)
 _RELEASE = release(diffrax.__version__)
+
+
+def check_events_supported():
+    """Refuses events, at trace time, with a diffrax older than `EVENTS_SINCE`."""
+    if _RELEASE < EVENTS_SINCE:
+        raise NotImplementedError(
+            "`adjoint=ReversibleAdjoint()` supports events with diffrax "
+            f"{_name(EVENTS_SINCE)} and later, but diffrax {diffrax.__version__} is "
+            f'installed: `pip install "diffrax>={_name(EVENTS_SINCE)},<0.8"`, or use '
+            "`adjoint=diffrax.RecursiveCheckpointAdjoint()`."
+        )
 
 
 def save_every(sub) -> int:

@@ -21,6 +21,12 @@ and nothing in the solve depends on them.
 `SaveLayout` answers "which slot?" from the number of accepted steps and their times,
 which the backward pass knows, so that it reads each saved value's cotangent from the
 slot the forward pass wrote.
+
+With an event, what diffrax does after its loop (the value at the end, the `ts` values
+of a solve with `t0 == t1`, and with a root finder, deleting the values saved after the
+event) runs outside the custom VJP and is differentiated by JAX (`_event.py`): the
+buffers the backward pass sees are those the loop left, without the values saved after
+it (`at_end=False`).
 """
 
 import equinox as eqx
@@ -31,17 +37,26 @@ from ._diffrax_internals import save_every
 
 
 class SaveLayout(eqx.Module):
-    """The buffer layout of one `SubSaveAt`."""
+    """The buffer layout of one `SubSaveAt`. `t1`: whether the value at the end is
+    in it; `at_end`: whether the values diffrax saves after its loop are."""
 
     ts: Array | None
     t0: bool = eqx.field(static=True)
     t1: bool = eqx.field(static=True)
     steps: int = eqx.field(static=True)
+    at_end: bool = eqx.field(static=True, default=True)
 
     @classmethod
-    def of(cls, sub) -> "SaveLayout":
-        """The layout of the buffer of `sub`, a `diffrax.SubSaveAt`."""
-        return cls(ts=sub.ts, t0=sub.t0, t1=sub.t1, steps=save_every(sub))
+    def of(cls, sub, at_end: bool = True) -> "SaveLayout":
+        """The layout of the buffer of `sub`, a `diffrax.SubSaveAt`, with the values
+        saved after the loop if `at_end`."""
+        return cls(
+            ts=sub.ts,
+            t0=sub.t0,
+            t1=sub.t1 and at_end,
+            steps=save_every(sub),
+            at_end=at_end,
+        )
 
     @property
     def offset(self) -> int:

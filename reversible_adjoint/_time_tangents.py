@@ -92,17 +92,26 @@ class TimeCotangent(eqx.Module):
     theta: Array
     grid: Array | None
 
-    def add(self, ct_t, k, times, step_to_ts, num_accepted):
+    def add(self, ct_t, k, times, step_to_ts):
         """Adds the cotangent `ct_t` of the accepted time `times.time(k)`."""
         theta = self.theta + ct_t * times.tangent(k)
+        return TimeCotangent(theta, self.grid).add_grid(ct_t, k, times, step_to_ts)
+
+    def add_grid(self, ct_t, k, times, step_to_ts):
+        """Adds the cotangent `ct_t` of the accepted time `times.time(k)` to that of
+        the `StepTo` grid `step_to_ts`, where the time is a point of it."""
         grid = self.grid
-        if grid is not None:
-            # `StepTo` steps to `ts[k]`, except: at the start (`ts[1]` is the initial
-            # `tnext`, differentiated outside as a time input) and at the end, where
-            # the loop clips to `t1` (both dependences are in the tangents).
-            from_grid = (k >= 2) & (k < num_accepted) & (times.time(k) == step_to_ts[k])
-            grid = grid.at[k].add(jnp.where(from_grid, ct_t, 0).astype(grid.dtype))
-        return TimeCotangent(theta, grid)
+        if grid is None:
+            return self
+        # `StepTo` steps to `ts[k]`, except: at the start (`ts[1]` is the initial
+        # `tnext`, differentiated outside as a time input) and at the end of the
+        # grid, where the loop clips to `t1` (both dependences are in the tangents).
+        # A solve stopped earlier (by an event, or by `max_steps`) ends at
+        # `ts[num_accepted]`.
+        last = step_to_ts.shape[0] - 1
+        from_grid = (k >= 2) & (k < last) & (times.time(k) == step_to_ts[k])
+        grid = grid.at[k].add(jnp.where(from_grid, ct_t, 0).astype(grid.dtype))
+        return TimeCotangent(self.theta, grid)
 
     def add_final_state(self, final_tangents, ct_tprev, ct_tnext, ct_controller):
         """Adds the cotangents of the loop's final `tprev`, `tnext` and controller

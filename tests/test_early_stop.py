@@ -254,3 +254,40 @@ def test_layout_t0_equals_t1():
     layout = SaveLayout(ts=ts, t0=True, t1=True, steps=0)
     assert list(range(len(sol.ts)))[layout.repeated_at_t0()] == [1, 2, 3]
     assert int(layout.t1_index(0, 1.0, True)) == 4 == len(sol.ts) - 1
+
+
+@pytest.mark.parametrize("checkpoint_every", [None, 2])
+def test_truncated_step_to_grid(checkpoint_every):
+    """`StepTo` stopped by `max_steps` before the end of its grid, with the grid
+    differentiated: the time the solve stopped at is a grid point (saved at `t1`),
+    and it, the grid points before it and the values saved there have the gradients
+    `RecursiveCheckpointAdjoint` gives; the grid points after it, none. (Recorded or
+    recomputed grid.)"""
+    term, y0, args = make_problem()
+    grid = jnp.linspace(T0, T1, 11) ** 1.2
+
+    def loss(inputs, adjoint):
+        grid, y0, args = inputs
+        sol = diffrax.diffeqsolve(
+            term,
+            ra.ReversibleHeun(),
+            grid[0],
+            grid[-1],
+            None,
+            y0,
+            args,
+            stepsize_controller=diffrax.StepTo(grid),
+            saveat=diffrax.SaveAt(ts=grid[1:3], t1=True),
+            adjoint=adjoint,
+            max_steps=5,
+            throw=False,
+        )
+        return readout(sol.ys) + jnp.sum(sol.ts**2)
+
+    check_gradient_parity(
+        loss,
+        (grid, y0, args),
+        adjoint=ra.ReversibleAdjoint(checkpoint_every=checkpoint_every),
+        names=("grid", "y0", "args"),
+        nonzero=("grid", "y0", "args"),
+    )
