@@ -123,10 +123,11 @@ def temp_bytes(compiled):
     return compiled.memory_analysis().temp_size_in_bytes
 
 
-def round_robin(fns, args, repeats, rotate=False):
+def round_robin(fns, args, repeats, rotate=False, clock=time.perf_counter):
     """Median wall time of each function of `fns` (a dict) on `args`, after one untimed
     call of each, timed in `repeats` interleaved rounds so that all share the machine's
-    noise; with `rotate`, the order rotates from one round to the next."""
+    noise; with `rotate`, the order rotates from one round to the next. `clock` reads
+    the time (`time.process_time` for the process's CPU time instead)."""
     for fn in fns.values():
         jax.block_until_ready(fn(*args))
     names = list(fns)
@@ -134,7 +135,7 @@ def round_robin(fns, args, repeats, rotate=False):
     for i in range(repeats):
         k = i % len(names) if rotate else 0
         for name in names[k:] + names[:k]:
-            start = time.perf_counter()
+            start = clock()
             jax.block_until_ready(fns[name](*args))
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
     return {name: float(np.median(t)) for name, t in times.items()}

@@ -8,13 +8,21 @@ transpose.
 
 Solvers that declare `evaluation_reuse` get the fused form: the inverse's single
 evaluation is made through `jax.vjp`, which returns the value *and* the linearisation.
-The value reconstructs the step; the linearisation is handed to `step` when it is
-differentiated, through a `_ReplayTerm` whose `vf` returns the stored value and pulls
-cotangents back through the stored linearisation. For asynchronous leapfrog the
-linearisation is used in the same backward step. For reversible Heun the inverse of
-step k evaluates where step k-1 did, so the linearisation serves step k-1: it is either
-carried to the next (earlier) backward step, or used at once, as below. Either way a
-backward step costs one linearisation and one transpose.
+The value reconstructs the step; the linearisation is handed to the step when it is
+differentiated (`fused_step`, whose `evaluate` returns the stored value and pulls
+cotangents back through the stored linearisation: `_replaying`). For asynchronous
+leapfrog the linearisation is used in the same backward step. For reversible Heun the
+inverse of step k evaluates where step k-1 did, so the linearisation serves step k-1:
+it is either carried to the next (earlier) backward step, or used at once, as below.
+Either way a backward step costs one linearisation and one transpose.
+
+`Reversible`'s evaluations are whole steps of its base method, two per step, which its
+inverse makes at the same points as the step: each is linearised once, and replayed
+in the same backward step. The linearisation of a Runge–Kutta step goes through its
+checkpointed stage loop, which cannot be transposed, so it is replayed with a custom
+VJP (`_replay_vjp`) rather than the vector field's custom JVP (`_replay`). A backward
+step costs two base steps and the pullbacks of two, against four base steps and the
+pullbacks of two unfused.
 
 Carrying a linearisation from one iteration to the next costs a copy of its residuals
 per step. Reversible Heun (`affine_in_evaluation`) avoids it when the backward pass
@@ -43,13 +51,23 @@ from jaxtyping import PyTree
 
 from ._cotangents import add as add_cotangents, filter_vjp, materialise
 from ._diffrax_internals import is_sde
-from ._solver.base import AbstractReversibleSolver
+from ._solver.base import AbstractReversibleSolver, overrides_evaluation
 
 
-def _linearise(terms, t, y, args):
-    """Evaluates `terms.vf(t, y, args)` and its pullback with respect to `t`, `y`,
-    `args` and the parameters inside `terms`."""
-    return eqx.filter_vjp(lambda _t, _y, _a, _tm: _tm.vf(_t, _y, _a), t, y, args, terms)
+def _linearise(solver, terms, t, y, args):
+    """Makes one evaluation, `solver.evaluation(terms, t, y, args)` (by default
+    `terms.vf(t, y, args)`), and returns its value and its pullback with respect to
+    `t`, `y`, `args` and the parameters inside `terms`."""
+    return eqx.filter_vjp(
+        lambda _t, _y, _a, _tm: solver.evaluation(_tm, _t, _y, _a), t, y, args, terms
+    )
+
+
+class _Linearisation(NamedTuple):
+    """One evaluation made by a fused inverse: its value and its pullback."""
+
+    value: PyTree
+    pullback: Any
 
 
 def _residuals(pullback, constants):
@@ -101,6 +119,56 @@ def _replay(point, value, pullback):
     return replay(dynamic, value, residuals)
 
 
+def _replay_vjp(point, value, pullback):
+    """As `_replay`, for an evaluation whose linearisation cannot be transposed (a
+    whole Runge–Kutta step, whose stage loop is a checkpointed `while` loop): a custom
+    VJP, which applies `pullback` as it is, in reverse mode only. The parts of `value`
+    that are not inexact arrays (a step's `RESULTS`) are returned as they are."""
+    dynamic = eqx.filter(point, eqx.is_inexact_array)
+    diff_value, nondiff_value = eqx.partition(value, eqx.is_inexact_array)
+
+    @eqx.filter_custom_vjp
+    def replay(dynamic, diff_value, pullback):
+        del dynamic, pullback
+        return diff_value
+
+    @replay.def_fwd
+    def replay_fwd(perturbed, dynamic, diff_value, pullback):
+        del perturbed, dynamic, pullback
+        return diff_value, None
+
+    @replay.def_bwd
+    def replay_bwd(residuals, ct_value, perturbed, dynamic, diff_value, pullback):
+        del residuals, perturbed, dynamic
+        ct_value = jtu.tree_map(
+            lambda c, v: None if v is None else (jnp.zeros_like(v) if c is None else c),
+            ct_value,
+            diff_value,
+            is_leaf=lambda x: x is None,
+        )
+        return pullback(ct_value)
+
+    return eqx.combine(replay(dynamic, diff_value, pullback), nondiff_value)
+
+
+def _replaying(replays, args, terms, own_evaluation):
+    """The `evaluate` that `fused_step` is given to differentiate a step: its `i`-th
+    call returns the `i`-th of `replays`, pairs `(value, pullback)` in the order in
+    which the step evaluates, differentiated through `pullback` (or held constant if it
+    is `None`). A solver-defined evaluation (`own_evaluation`) is replayed by
+    `_replay_vjp`, the vector field by `_replay`."""
+    replays = iter(replays)
+    replay = _replay_vjp if own_evaluation else _replay
+
+    def evaluate(t, y):
+        value, pullback = next(replays)
+        if pullback is None:
+            return value
+        return replay((t, y, args, terms), value, pullback)
+
+    return evaluate
+
+
 class ForwardingTerm(diffrax.AbstractTerm):
     """A term that wraps `term` and forwards its control and its product to it; the
     subclasses change how its vector field is evaluated."""
@@ -115,21 +183,6 @@ class ForwardingTerm(diffrax.AbstractTerm):
 
     def prod(self, vf, control):
         return self.term.prod(vf, control)
-
-
-class _ReplayTerm(ForwardingTerm):
-    """A term whose vector field returns a stored value, and whose vector-field
-    cotangents go through a stored linearisation (made at the same point), or nowhere
-    if `pullback` is `None`."""
-
-    term: diffrax.AbstractTerm
-    value: PyTree
-    pullback: Any
-
-    def vf(self, t, y, args):
-        if self.pullback is None:
-            return self.value
-        return _replay((t, y, args, self.term), self.value, self.pullback)
 
 
 class _KnownControl(ForwardingTerm):
@@ -215,8 +268,8 @@ def _settle(solver, terms, t0, t1, y1, args, state1, ct_y1, ct_state1, lin, acti
     value, pullback = lin
 
     def outputs(_value):
-        _y1, _, _, _state1, _ = solver.step(
-            _ReplayTerm(terms, _value, None), t0, t1, y1, args, state1, False
+        _y1, _, _, _state1, _ = solver.fused_step(
+            lambda t, y: _value, terms, t0, t1, y1, args, state1, False
         )
         return _y1, _state1
 
@@ -239,10 +292,11 @@ def _settle(solver, terms, t0, t1, y1, args, state1, ct_y1, ct_state1, lin, acti
 
 
 class _Reconstruction(NamedTuple):
-    """What a mode returns for one step: the step's inputs; the evaluation (value and
-    pullback) to replay when the step is differentiated, or `None` to evaluate it
-    again; the carry for the step before; and the linearisation this step's pullback
-    settles (for the step before), if any."""
+    """What a mode returns for one step: the step's inputs; the evaluations (pairs of
+    a value and a pullback, in the order in which the step makes them) to replay when
+    the step is differentiated, or `None` to evaluate again; the carry for the step
+    before; and the linearisation this step's pullback settles (for the step before),
+    if any."""
 
     y0: PyTree
     solver_state0: PyTree
@@ -252,11 +306,11 @@ class _Reconstruction(NamedTuple):
 
 
 def _fused_inverse(solver, known, terms, t0, t1, y1, args, solver_state):
-    """`solver.fused_backward_step`, whose one evaluation is a linearisation."""
+    """`solver.fused_backward_step`, whose evaluations are linearisations."""
 
     def evaluate(t, y):
-        value, pullback = _linearise(terms, t, y, args)
-        return value, (value, pullback)
+        value, pullback = _linearise(solver, terms, t, y, args)
+        return value, _Linearisation(value, pullback)
 
     return solver.fused_backward_step(evaluate, known, t0, t1, y1, args, solver_state)
 
@@ -277,14 +331,16 @@ class _Unfused(eqx.Module):
 
 class _SameStep(eqx.Module):
     """`evaluation_reuse="same_step"`: the inverse evaluates where the step did, and
-    its linearisation is replayed by the same step's pullback."""
+    its linearisations are replayed by the same step's pullback."""
 
     def init(self, solver, terms, t0, t1, y1, args, state1, ct_y1, ct_state1, active):
         return None, _NO_END_COTANGENTS
 
     def reconstruct(self, solver, known, terms, t0, t1, y1, args, state1, carry, tp):
         y0, state0, lin = _fused_inverse(solver, known, terms, t0, t1, y1, args, state1)
-        return _Reconstruction(y0, state0, lin, None, None)
+        # One evaluation's linearisation, or a tuple of them in the step's order.
+        replay = (lin,) if isinstance(lin, _Linearisation) else tuple(lin)
+        return _Reconstruction(y0, state0, replay, None, None)
 
 
 class _Carried(eqx.Module):
@@ -294,7 +350,7 @@ class _Carried(eqx.Module):
 
     def init(self, solver, terms, t0, t1, y1, args, state1, ct_y1, ct_state1, active):
         t, y = solver.last_evaluation(terms, t1, state1)
-        value, pullback = _linearise(terms, t, y, args)
+        value, pullback = _linearise(solver, terms, t, y, args)
         return (value, _residuals(pullback, (args, terms))), _NO_END_COTANGENTS
 
     def reconstruct(self, solver, known, terms, t0, t1, y1, args, state1, carry, tp):
@@ -302,7 +358,7 @@ class _Carried(eqx.Module):
             solver, known, terms, t0, t1, y1, args, state1
         )
         value, residuals = carry
-        replay = (value, _with_residuals(pullback0, residuals))
+        replay = ((value, _with_residuals(pullback0, residuals)),)
         carry0 = value0, _residuals(pullback0, (args, terms))
         return _Reconstruction(y0, state0, replay, carry0, None)
 
@@ -315,7 +371,7 @@ class _Settled(eqx.Module):
 
     def init(self, solver, terms, t0, t1, y1, args, state1, ct_y1, ct_state1, active):
         t, y = solver.last_evaluation(terms, t1, state1)
-        value, pullback = _linearise(terms, t, y, args)
+        value, pullback = _linearise(solver, terms, t, y, args)
         cts = _settle(
             solver,
             terms,
@@ -336,7 +392,7 @@ class _Settled(eqx.Module):
             solver, known, terms, t0, t1, y1, args, state1
         )
         value0, _ = lin0
-        return _Reconstruction(y0, state0, (carry, None), value0, lin0)
+        return _Reconstruction(y0, state0, ((carry, None),), value0, lin0)
 
 
 def _with_known_control(terms, t0, t1, with_time):
@@ -376,7 +432,8 @@ class AdjointTerm(eqx.Module):
     two vector-field evaluations and one transpose per step. Solvers that declare
     `evaluation_reuse` (reversible Heun, asynchronous leapfrog) get a fused step: one
     vector-field linearisation serves the inverse and the pullback, for one evaluation
-    and one transpose per step.
+    and one transpose per step. [`reversible_adjoint.Reversible`][] reuses its two base
+    steps the same way: two base steps and their two pullbacks per step.
 
     **Arguments:**
 
@@ -394,6 +451,12 @@ class AdjointTerm(eqx.Module):
             return _SameStep()
         if reuse != "previous_step":
             raise ValueError(f"Unknown `evaluation_reuse={reuse!r}`.")
+        if overrides_evaluation(self.solver):
+            raise ValueError(
+                f"`{type(self.solver).__name__}` overrides `evaluation`, which "
+                "`evaluation_reuse='previous_step'` does not support: use "
+                "`evaluation_reuse='same_step'` or `None`."
+            )
         # Settle instead of carrying the linearisation when the step is affine in its
         # last evaluation, and the backward step needs no dense output and can query
         # the control again cheaply (no Brownian motion).
@@ -501,12 +564,15 @@ class AdjointTerm(eqx.Module):
         # The control is an input of the differentiated step: its cotangent goes back
         # through `control_pullback`, once.
         def _step(_y0, _solver_state0, _t0, _t1, _args, _terms, _control):
-            if rec.replay is not None:
-                _terms = _ReplayTerm(_terms, *rec.replay)
-            _terms = with_control(_terms, _t0, _t1, _control)
-            _y1, _, _dense_info, _solver_state1, _ = solver.step(
-                _terms, _t0, _t1, _y0, _args, _solver_state0, False
-            )
+            _known = with_control(_terms, _t0, _t1, _control)
+            inputs = (_known, _t0, _t1, _y0, _args, _solver_state0, False)
+            if rec.replay is None:
+                step = solver.step(*inputs)
+            else:
+                own = overrides_evaluation(solver)
+                evaluate = _replaying(rec.replay, _args, _terms, own)
+                step = solver.fused_step(evaluate, *inputs)
+            _y1, _, _dense_info, _solver_state1, _ = step
             if with_dense:
                 return _y1, _solver_state1, _dense_info
             return _y1, _solver_state1

@@ -9,6 +9,8 @@ evaluated it can declare so (`evaluation_reuse`) and split `backward_step` aroun
 evaluation (`fused_backward_step`). The backward pass then linearises the vector field
 once per step and uses that one linearisation twice: to reconstruct the step, and to
 pull cotangents back through the step that evaluated there (see `_adjoint_term.py`).
+What is reused can be larger than one vector-field evaluation (`evaluation`): for
+`Reversible`, each of the two steps of its base method.
 """
 
 import sys
@@ -31,12 +33,14 @@ class AbstractReversibleSolver(diffrax.AbstractSolver):
     [`reversible_adjoint.ReversibleAdjoint`][] its gradients cost O(1) memory in the
     number of steps.
 
-    **Fusing (optional).** If `backward_step` makes exactly one vector-field evaluation,
-    at a point where `step` also evaluated, a subclass may set the class variable
-    `evaluation_reuse` and implement `fused_backward_step`:
+    **Fusing (optional).** If `backward_step` evaluates exactly where `step` did, the
+    backward pass can make each such evaluation once and use it twice. An evaluation
+    is `evaluation(terms, t, y, args)`: by default one vector-field evaluation,
+    `terms.vf(t, y, args)`. A subclass whose inverse reuses its evaluations sets the
+    class variable `evaluation_reuse` and implements `fused_backward_step`:
 
     - `evaluation_reuse = "same_step"`: `backward_step` evaluates where the `step` it
-        inverts evaluated (asynchronous leapfrog).
+        inverts evaluated (asynchronous leapfrog, `Reversible`).
     - `evaluation_reuse = "previous_step"`: `backward_step` evaluates where the
         previous `step` evaluated (reversible Heun). Such a solver also implements
         `last_evaluation`, which reads that point off a step's output state. The
@@ -45,8 +49,24 @@ class AbstractReversibleSolver(diffrax.AbstractSolver):
     - `evaluation_reuse = None` (default): no reuse; the backward pass inverts the
         step, then differentiates `step` as written.
 
-    In both fused cases `step` must evaluate the vector field exactly once (through
-    `terms.vf`) when `made_jump=False`.
+    With the default `evaluation`, `step` must evaluate the vector field exactly once
+    (through `terms.vf`) when `made_jump=False`, in both fused cases.
+
+    **Larger evaluations (optional).** A solver whose inverse reuses more than one
+    vector-field evaluation overrides `evaluation`; its `t` is then whatever the
+    evaluation depends on besides `y`. `Reversible` does: its evaluation is a whole
+    step of its base method, and `t` the base step's `(t_start, t_end, control)`. Such
+    a solver implements `fused_step`, its `step` with every evaluation made by a given
+    function, and its `step` is `fused_step` with `evaluation`. It may make several
+    evaluations per step (with `"same_step"`): `fused_backward_step` then makes each
+    of them once, in any order, and returns their `aux` as a tuple in the order in
+    which `fused_step` makes them. The backward pass linearises each evaluation once
+    (`jax.vjp`), and replays it in `fused_step`: the stored value, differentiated
+    through the stored linearisation, with a custom VJP. That replay is reverse-mode
+    only, so forward-over-reverse (`jax.hessian`) cannot differentiate it; a solver
+    that supports forward-over-reverse through its evaluation (as `Reversible` does
+    when its base method's stages can be differentiated in forward mode) leaves
+    `evaluation_reuse = None` there.
 
     A `"previous_step"` solver may also set `affine_in_evaluation = True` if its
     `step`'s outputs (`y1`, solver state) are affine in the step's evaluation, through
@@ -118,11 +138,58 @@ class AbstractReversibleSolver(diffrax.AbstractSolver):
                 f"`{type(self).__name__}` must implement `backward_step`, the exact "
                 "inverse of `step` (or `fused_backward_step`)."
             )
-        evaluate = lambda t, y: (terms.vf(t, y, args), None)
+        evaluate = lambda t, y: (self.evaluation(terms, t, y, args), None)
         y0, solver_state0, _ = self.fused_backward_step(
             evaluate, terms, t0, t1, y1, args, solver_state
         )
         return y0, solver_state0
+
+    def evaluation(
+        self, terms: PyTree[diffrax.AbstractTerm], t: Any, y: PyTree, args: PyTree
+    ) -> PyTree:
+        """One evaluation, what `evaluation_reuse` reuses: by default the vector field
+        `terms.vf(t, y, args)`. A solver that overrides it also implements
+        `fused_step`; see "Larger evaluations" above.
+        """
+        return terms.vf(t, y, args)
+
+    def fused_step(
+        self,
+        evaluate: Callable[[Any, PyTree], PyTree],
+        terms: PyTree[diffrax.AbstractTerm],
+        t0: Any,
+        t1: Any,
+        y0: PyTree,
+        args: PyTree,
+        solver_state: PyTree,
+        made_jump: Any,
+    ) -> tuple[PyTree, PyTree, dict[str, PyTree], PyTree, diffrax.RESULTS]:
+        """As `step`, with every evaluation made by `evaluate`.
+
+        **Arguments:**
+
+        - `evaluate`: called as `evaluate(t, y)` for each evaluation, in place of
+            `self.evaluation(terms, t, y, args)`. `ReversibleAdjoint` passes one that
+            returns a stored value and differentiates it through a stored
+            linearisation.
+        - `terms`, `t0`, `t1`, `y0`, `args`, `solver_state`, `made_jump`: as for
+            `step`.
+
+        **Returns:**
+
+        What `step` returns.
+
+        The default serves solvers whose evaluation is the vector field: it calls `step`
+        with `terms.vf` replaced by `evaluate`. A solver that overrides `evaluation`
+        implements this instead.
+        """
+        if overrides_evaluation(self):
+            raise NotImplementedError(
+                f"`{type(self).__name__}` overrides `evaluation` but does not "
+                "implement `fused_step`."
+            )
+        terms = _EvaluatedTerm(terms, evaluate)
+        return self.step(terms, t0, t1, y0, args, solver_state, made_jump)
 
     def fused_backward_step(
         self,
@@ -134,21 +201,23 @@ class AbstractReversibleSolver(diffrax.AbstractSolver):
         args: PyTree,
         solver_state: PyTree,
     ) -> tuple[PyTree, PyTree, Any]:
-        """As `backward_step`, with its one vector-field evaluation done by `evaluate`.
+        """As `backward_step`, with its evaluations made by `evaluate`.
 
         Only needed when `evaluation_reuse` is set.
 
         **Arguments:**
 
-        - `evaluate`: called exactly once as `evaluate(t, y)`; returns a pair
-            `(vf, aux)` where `vf` is `terms.vf(t, y, args)`.
+        - `evaluate`: called as `evaluate(t, y)` once per evaluation (exactly once
+            with the default `evaluation`); returns a pair `(value, aux)` where
+            `value` is `self.evaluation(terms, t, y, args)`.
         - `terms`, `t0`, `t1`, `y1`, `args`, `solver_state`: as for `backward_step`.
             (A fused inverse is not given `t_previous`: the solvers that fuse are
             one-step methods.)
 
         **Returns:**
 
-        A 3-tuple `(y0, solver_state0, aux)`.
+        A 3-tuple `(y0, solver_state0, aux)`: the `aux` of the one evaluation, or, for
+        several, a tuple of theirs in the order in which `fused_step` makes them.
         """
         raise NotImplementedError(
             f"{type(self).__name__} sets `evaluation_reuse` but does not implement "
@@ -165,6 +234,29 @@ class AbstractReversibleSolver(diffrax.AbstractSolver):
             f"{type(self).__name__} sets `evaluation_reuse='previous_step'` but does "
             "not implement `last_evaluation`."
         )
+
+
+def overrides_evaluation(solver: AbstractReversibleSolver) -> bool:
+    """Whether `solver`'s evaluation is larger than one vector-field evaluation."""
+    return type(solver).evaluation is not AbstractReversibleSolver.evaluation
+
+
+class _EvaluatedTerm(diffrax.AbstractTerm):
+    """`term`, with its vector field evaluated by `evaluate(t, y)` (the default
+    `fused_step`)."""
+
+    term: diffrax.AbstractTerm
+    evaluate: Callable
+
+    def vf(self, t, y, args):
+        del args  # `evaluate` closes over the step's own.
+        return self.evaluate(t, y)
+
+    def contr(self, t0, t1, **kwargs):
+        return self.term.contr(t0, t1, **kwargs)
+
+    def prod(self, vf, control):
+        return self.term.prod(vf, control)
 
 
 def warn_at_caller(message):
