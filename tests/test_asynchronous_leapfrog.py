@@ -54,11 +54,8 @@ def test_parity_all_inputs(controller_name):
         assert stats["num_accepted_steps"] > 10
 
 
-def test_parity_backwards_in_time():
-    """`t1 < t0`: diffrax wraps the term (`WrapTerm`); the step goes through
-    `terms.contr`/`terms.prod`, so it works, and so do its gradients."""
-    inputs = problem_inputs(t0=2.0, t1=0.0, ts=(2.0, 1.6, 0.9, 0.2), dt0=-0.05)
-    check_solve_parity(inputs, ra.AsynchronousLeapfrog(), nonzero=INPUT_NAMES)
+# Backwards in time (`t1 < t0`: diffrax wraps the term in `WrapTerm`, and the step
+# goes through `terms.contr`/`terms.prod`), every input: test_checkpoints.py.
 
 
 def test_parity_damped():

@@ -19,8 +19,13 @@ SOLVERS = [ra.LeapfrogMidpoint(), diffrax.LeapfrogMidpoint()]
 SOLVER_IDS = ["ra.LeapfrogMidpoint", "diffrax.LeapfrogMidpoint"]
 
 
-@pytest.mark.parametrize("controller_name", ["constant", "stepto"])
-@pytest.mark.parametrize("solver", SOLVERS, ids=SOLVER_IDS)
+# diffrax's instance runs the same forward pass (and is served by the same backward
+# pass): checked on constant steps.
+@pytest.mark.parametrize(
+    "solver, controller_name",
+    [(SOLVERS[0], "constant"), (SOLVERS[0], "stepto"), (SOLVERS[1], "constant")],
+    ids=["ours-constant", "ours-stepto", "diffrax-constant"],
+)
 def test_gradient_parity(solver, controller_name):
     """Every input, `SaveAt(ts=..., t1=True)` and `SaveAt(steps=True)` together, and
     on a `StepTo` grid the grid's times. On the non-uniform `StepTo` grid (and, by

@@ -43,11 +43,17 @@ def _check(controller_name, saveat, solver=SOLVERS[0], inputs=None, **kwargs):
 # backward pass has two forms: with `SaveAt(ts=...)` it carries each linearisation to
 # the next backward step, without it each backward step settles the previous step's
 # evaluation itself (see `_adjoint_term.py`).
-@pytest.mark.parametrize("saveat_name", ["ts", "steps"])
+#
+# `step_ts` changes where steps end, not how values are saved: one `SaveAt` for it,
+# and for diffrax's instance (which is served by the same backward pass as ours).
 @pytest.mark.parametrize(
-    "solver, controller_name",
-    [(SOLVERS[0], name) for name in ("constant", "pid", "step_ts", "stepto")]
-    + [(SOLVERS[1], "constant")],
+    "solver, controller_name, saveat_name",
+    [
+        (SOLVERS[0], name, saveat_name)
+        for name in ("constant", "pid", "stepto")
+        for saveat_name in ("ts", "steps")
+    ]
+    + [(SOLVERS[0], "step_ts", "ts"), (SOLVERS[1], "constant", "ts")],
     ids=lambda x: x if isinstance(x, str) else type(x).__module__.split(".")[0],
 )
 def test_all_inputs(solver, controller_name, saveat_name):
@@ -90,16 +96,31 @@ def test_one_step_ending_exactly_at_t1(controller_name, saveat_name):
 
 
 SAVEATS = {
-    "t0_t1": lambda ts: diffrax.SaveAt(t0=True, t1=True),
     "ts": lambda ts: diffrax.SaveAt(ts=ts),
     "steps_t0_t1": lambda ts: diffrax.SaveAt(t0=True, t1=True, steps=True),
-    "steps_3_t1": lambda ts: diffrax.SaveAt(steps=3, t1=True),
-    "ts_and_steps": lambda ts: diffrax.SaveAt(t0=True, ts=ts[1:-1], steps=2, t1=True),
-    "fn": lambda ts: diffrax.SaveAt(
-        ts=ts, t1=True, fn=lambda t, y, args: jnp.cos(t) * y["x"] * args[0]
-    ),
-    "subs": lambda ts: diffrax.SaveAt(
+}
+
+
+# Every kind of `SaveAt`, as the `SubSaveAt`s of one `SaveAt` per form of the backward
+# pass (each `SubSaveAt` has its own buffer and layout; `SaveAt(ts=..., fn=...)` is
+# diffrax's shorthand for one `SubSaveAt`). Without save times between the steps
+# reversible Heun's backward pass settles each evaluation in the step that makes it;
+# with them it carries it to the next (see `_adjoint_term.py`). `SaveAt(steps=3,
+# t1=True)` is in `test_all_inputs`.
+SAVEAT_GROUPS = {
+    "no_ts": lambda ts: diffrax.SaveAt(
         subs=[
+            diffrax.SubSaveAt(t0=True, t1=True),
+            diffrax.SubSaveAt(t0=True, t1=True, steps=True),
+        ]
+    ),
+    "with_ts": lambda ts: diffrax.SaveAt(
+        subs=[
+            diffrax.SubSaveAt(ts=ts),
+            diffrax.SubSaveAt(t0=True, ts=ts[1:-1], steps=2, t1=True),
+            diffrax.SubSaveAt(
+                ts=ts, t1=True, fn=lambda t, y, args: jnp.cos(t) * y["x"] * args[0]
+            ),
             diffrax.SubSaveAt(ts=ts[::2], fn=lambda t, y, args: y["v"] ** 2),
             diffrax.SubSaveAt(t0=True, steps=True, fn=lambda t, y, args: t * y["x"]),
             diffrax.SubSaveAt(ts=ts[1::2], t1=True),
@@ -108,15 +129,12 @@ SAVEATS = {
 }
 
 
-# Every `SaveAt` with constant steps; with adaptive steps those whose layout depends on
-# the number of accepted steps.
-@pytest.mark.parametrize(
-    "saveat_name, controller_name",
-    [(name, "constant") for name in SAVEATS]
-    + [(name, "pid") for name in ("steps_3_t1", "subs")],
-)
-def test_saveat(saveat_name, controller_name):
-    _check(controller_name, SAVEATS[saveat_name])
+# With constant steps. With adaptive steps, where the layout of the values saved at
+# steps depends on the number of accepted steps: `SaveAt(steps=3, t1=True)` in
+# `test_all_inputs`, and `SaveAt(ts=..., steps=2, t1=True)` in test_early_stop.py.
+@pytest.mark.parametrize("saveat_name", ["no_ts", "with_ts"])
+def test_saveat(saveat_name):
+    _check("constant", SAVEAT_GROUPS[saveat_name])
 
 
 def test_saveat_fn_module_parameters():
@@ -148,13 +166,12 @@ def test_saveat_fn_module_parameters():
     check_gradient_parity(loss, (jnp.array([0.5, -1.5]),), nonzero=[0])
 
 
-@pytest.mark.parametrize("controller_name", ["constant", "pid"])
-def test_backwards_in_time(controller_name):
+def test_backwards_in_time():
     """`t1 < t0`: diffrax flips time; gradients of the flipped solve must still
-    agree."""
-    dt0 = -0.05 if controller_name == "constant" else -0.3
-    inputs = problem_inputs(t0=2.0, t1=0.0, ts=(2.0, 1.6, 0.9, 0.2), dt0=dt0)
-    _check(controller_name, save_ts_t1, inputs=inputs)
+    agree. With constant steps here; with adaptive steps in test_checkpoints.py
+    (asynchronous leapfrog) and test_reversible_wrapper.py."""
+    inputs = problem_inputs(t0=2.0, t1=0.0, ts=(2.0, 1.6, 0.9, 0.2), dt0=-0.05)
+    _check("constant", save_ts_t1, inputs=inputs)
 
 
 def test_solver_state_output():

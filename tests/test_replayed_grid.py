@@ -44,7 +44,7 @@ def _controller(name):
     [
         (ra.ReversibleHeun(), "constant", 7),
         (ra.AsynchronousLeapfrog(), "step_to", 5),
-        (ra.Reversible(diffrax.Midpoint()), "constant", 1),
+        (ra.Reversible(diffrax.Bosh3()), "constant", 1),
     ],
     ids=["RH-constant", "ALF-step_to", "Reversible-constant"],
 )

@@ -43,10 +43,12 @@ def _loss(solver, adjoint, ts, p):
     return jnp.sum(sol.ys**2)
 
 
+# The step times are the adjoint's, whatever the solver: two solvers whose dense
+# output differs (reversible Heun's linear, asynchronous leapfrog's Hermite).
 @pytest.mark.parametrize(
     "solver",
-    [ra.ReversibleHeun(), ra.AsynchronousLeapfrog(), ra.Reversible(diffrax.Midpoint())],
-    ids=["reversible_heun", "alf", "reversible_midpoint"],
+    [ra.ReversibleHeun(), ra.AsynchronousLeapfrog()],
+    ids=["reversible_heun", "alf"],
 )
 def test_boundary_save_time_derivative_is_deterministic(solver):
     ts = jnp.array([0.2, 0.5, 0.7], dtype=f32)
