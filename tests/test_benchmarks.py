@@ -59,6 +59,7 @@ def test_gpu_script_on_cpu(tmp_path):
     assert not (tmp_path / "venv").exists()
 
 
+@pytest.mark.slow
 def test_floor_reference():
     """The hand-written reference computes the same gradient as `ReversibleAdjoint`
     (the script checks it before timing)."""

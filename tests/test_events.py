@@ -4,11 +4,10 @@ exactly as with `RecursiveCheckpointAdjoint`; without a root finder, or with a b
 condition, the solve stops at the end of a step and the discrete choice carries no
 derivative, as with diffrax's adjoints.
 
-Compiling a solve with a root find is slow, so the default suite runs one case of each
-kind (a root find with adaptive steps, a boolean condition, a neural ODE, memory, the
-SDE refusal); the rest (every solver, several conditions, no trigger, the event at
-`t0`, backwards in time, checkpoints, a bouncing ball) are marked `slow`, which
-`.ci/run` runs after the suite."""
+Compiling a solve with a root find is slow, so the default suite runs a root find with
+adaptive steps, a boolean condition and the SDE refusal; the rest (every solver, several
+conditions, no trigger, the event at `t0`, backwards in time, checkpoints, a bouncing
+ball, a neural ODE, memory) are marked `slow`, which `.ci/run` runs after the suite."""
 
 import diffrax
 import equinox as eqx
@@ -382,6 +381,7 @@ def test_bouncing_ball():
     check_gradient_parity(loss, inputs, nonzero=(0, 1, 2))
 
 
+@pytest.mark.slow
 def test_neural_ode_learned_event():
     """A neural vector field, stopped where a learned linear function of the state
     crosses zero."""
@@ -439,6 +439,7 @@ def _temp_bytes(adjoint, max_steps):
     return compiled.memory_analysis().temp_size_in_bytes
 
 
+@pytest.mark.slow
 def test_memory_flat_in_steps():
     """Apart from the record of step times (one scalar per step, and one per time
     direction: here `t0` moves `tprev` and `tnext`, so `D = 2`), the compiled

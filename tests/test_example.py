@@ -126,6 +126,7 @@ SHARDED = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_sharded_gradients_match_single_device(tmp_path):
     """One training gradient on 4 simulated CPU devices equals the single-device one,
     and the drift check warns once for all devices."""

@@ -52,6 +52,7 @@ def test_hessian_matches_rca(solver, saveat):
     assert max_relative_error(got, want) < 1e-10
 
 
+@pytest.mark.slow
 def test_hessian_with_checkpoints():
     solver, saveat = ra.ReversibleHeun(), diffrax.SaveAt(steps=3, t1=True)
     rca = diffrax.RecursiveCheckpointAdjoint()

@@ -99,6 +99,7 @@ def test_backward_step_makes_two_base_steps(base):
 #
 
 
+@pytest.mark.slow
 def test_step_to_parity():
     """`Reversible(Midpoint())` on a non-uniform `StepTo` grid, saving `ts`, `t1` and
     every step: every input, the grid included."""
@@ -123,6 +124,7 @@ def test_dense_output_parity():
     assert stats["num_rejected_steps"] > 0
 
 
+@pytest.mark.slow
 def test_sde_parity():
     """A Stratonovich SDE with `Reversible(Midpoint())` on a `VirtualBrownianTree`:
     the control over a step is given to both base steps, and its cotangent reaches
@@ -165,6 +167,7 @@ def test_sde_parity():
 #
 
 
+@pytest.mark.slow
 def test_forward_differentiable_base_is_not_fused():
     """A base method whose stages run in a loop that forward mode can differentiate
     (`scan_kind="bounded"`) is left unfused, so that forward-over-reverse

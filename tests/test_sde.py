@@ -305,6 +305,7 @@ def test_strong_order(noise, order):
     assert abs(_strong_order(noise) - order) < 0.15
 
 
+@pytest.mark.slow
 def test_neural_sde_trains():
     """A small neural SDE (MLP drift and diagonal diffusion) trained with
     `ReversibleAdjoint`: the loss falls under a few optimiser steps."""
@@ -383,6 +384,7 @@ def _sde_temp_bytes(adjoint, num_steps):
     return compiled.memory_analysis().temp_size_in_bytes
 
 
+@pytest.mark.slow
 def test_memory_flat_in_steps():
     small = _sde_temp_bytes(ra.ReversibleAdjoint(), 100)
     large = _sde_temp_bytes(ra.ReversibleAdjoint(), 5000)
