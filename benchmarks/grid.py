@@ -1,16 +1,13 @@
-"""What recomputing a known step grid costs, against recording every step time.
+"""What computing a known step grid costs, against recording every step time.
 
-With checkpoints and `ConstantStepSize` (or `StepTo`), `ReversibleAdjoint` does not
-record the time of every step: the backward pass runs the controller again over each
-stretch between checkpoints. This measures, in one run, the gradient's time and
-compiled memory both ways (recording is forced by treating the grid as unknown), on a
-two-component oscillator and on the MLP neural ODE of `benchmarks/adjoints.py`'s
-size, with `t1` differentiated or not.
+With `ConstantStepSize` (or `StepTo`), `ReversibleAdjoint` does not record the time of
+every step: the backward pass computes each one from the step count, with one call of
+the step size controller (`PredictedRecord`). This measures, in one run, the
+gradient's time and compiled memory both ways (recording is forced by treating the
+grid as unknown), without checkpoints, on a two-component oscillator and on the MLP
+neural ODE of `benchmarks/adjoints.py`'s size, with `t1` differentiated or not.
 
     python benchmarks/grid.py
-
-Without checkpoints the library records every time: recomputing would cost one more
-controller call per step, measured here as `checkpoint_every=None` against `K`.
 """
 
 import argparse
@@ -38,7 +35,7 @@ def _problem(name):
     return term, jnp.ones((8, 16)), params, static
 
 
-def _measure(problem, num_steps, every, with_t1, repeats):
+def _measure(problem, num_steps, with_t1, repeats):
     term, y0, params, static = _problem(problem)
 
     def loss(y0, params, t1):
@@ -51,7 +48,7 @@ def _measure(problem, num_steps, every, with_t1, repeats):
             1.0 / num_steps,
             y0,
             args,
-            adjoint=ra.ReversibleAdjoint(checkpoint_every=every),
+            adjoint=ra.ReversibleAdjoint(),
             max_steps=num_steps,
         )
         return jnp.sum(sol.ys**2)
@@ -65,41 +62,40 @@ def _measure(problem, num_steps, every, with_t1, repeats):
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=2000)
-    parser.add_argument("--every", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=21)
     options = parser.parse_args()
-    replay_every = adjoint_module._replay_every
+    predicts_grid = adjoint_module._predicts_grid
 
-    def record_every_time(controller, static):
-        return None
+    def record_every_time(controller, controller_state, static):
+        return False
 
     print(
-        f"{options.steps} constant steps of reversible Heun, checkpoint_every = "
-        f"{options.every}; median of {options.repeats} gradients.\n"
+        f"{options.steps} constant steps of reversible Heun, no checkpoints; median of "
+        f"{options.repeats} gradients.\n"
     )
     print(
-        "| problem | t1 differentiated | recompute / record (time) | "
-        "record (ms) | recompute (ms) | record (KB) | recompute (KB) |"
+        "| problem | t1 differentiated | compute / record (time) | "
+        "record (ms) | compute (ms) | record (KB) | compute (KB) |"
     )
     print("|---|---|---:|---:|---:|---:|---:|")
     for problem in ("oscillator", "mlp"):
         for with_t1 in (False, True):
             results = {}
             # Alternate the two, to share the machine's noise.
-            for variant in ("record", "recompute", "record", "recompute"):
-                patched = record_every_time if variant == "record" else replay_every
-                adjoint_module._replay_every = patched
+            for variant in ("record", "compute", "record", "compute"):
+                patched = record_every_time if variant == "record" else predicts_grid
+                adjoint_module._predicts_grid = patched
                 jax.clear_caches()
                 seconds, memory = _measure(
-                    problem, options.steps, options.every, with_t1, options.repeats
+                    problem, options.steps, with_t1, options.repeats
                 )
                 best = results.get(variant, (float("inf"), memory))[0]
                 results[variant] = (min(best, seconds), memory)
-            adjoint_module._replay_every = replay_every
-            (t_rec, m_rec), (t_re, m_re) = results["record"], results["recompute"]
+            adjoint_module._predicts_grid = predicts_grid
+            (t_rec, m_rec), (t_co, m_co) = results["record"], results["compute"]
             print(
-                f"| {problem} | {with_t1} | {t_re / t_rec:.2f} | {1e3 * t_rec:.2f} | "
-                f"{1e3 * t_re:.2f} | {m_rec / 1e3:.1f} | {m_re / 1e3:.1f} |"
+                f"| {problem} | {with_t1} | {t_co / t_rec:.2f} | {1e3 * t_rec:.2f} | "
+                f"{1e3 * t_co:.2f} | {m_rec / 1e3:.1f} | {m_co / 1e3:.1f} |"
             )
 
 

@@ -7,10 +7,10 @@ calls `_reversible_loop`, a custom VJP around diffrax's own loop.
 Forward: diffrax's own loop with the user's solver. Under differentiation the step size
 controller is wrapped (`_step_record.py`) to record the times of accepted steps and
 their tangents along the differentiated time inputs (`_time_tangents.py`; for a grid
-that does not depend on `y`, only enough to recompute them). Residuals: the final `y`
-and solver state, that record, and the checkpoints if any. No state is kept per step;
-the record holds `max_steps + 1` times (and their tangents), or, with checkpoints and
-a known grid, a few per checkpoint.
+that is a function of a step counter, only enough to compute them). Residuals: the
+final `y` and solver state, that record, and the checkpoints if any. No state is kept
+per step; the record holds `max_steps + 1` times (and their tangents), or, for
+`ConstantStepSize` and `StepTo`, a few scalars.
 
 Backward: `_backward.py`, which undoes the solve step by step, last to first, with the
 solver's exact inverse (`AdjointTerm`, `_adjoint_term.py`), and pulls the cotangents
@@ -52,7 +52,7 @@ from ._step_record import (
     ReportingSolver,
     init_checkpoints,
     init_recording,
-    replays_grid,
+    predicts_grid,
 )
 from ._time_tangents import initial_tangents
 
@@ -183,15 +183,13 @@ def _is_virtual_brownian_tree(x):
     return isinstance(x, diffrax.VirtualBrownianTree)
 
 
-def _replay_every(controller, static):
-    """With checkpoints, and a step grid that does not depend on `y`: the length of
-    the stretches in which the backward pass recomputes the grid instead of reading a
-    record of every step time. (Without checkpoints the record is kept: recomputing
-    the tangents of the times costs up to 40% of a tiny state's gradient when time
-    inputs are differentiated; `benchmarks/grid.py`.)"""
-    if replays_grid(controller):
-        return static.adjoint.checkpoint_every
-    return None
+def _predicts_grid(controller, controller_state, static):
+    """Whether the backward pass computes the step times (`PredictedRecord`) instead
+    of reading a record of every one (`StepRecord`): when each is a function of a step
+    counter (`predicts_grid`), and there is no event (with one, `t1` may be
+    infinite, and `ConstantStepSize` then adds `dt0` to the previous time instead of
+    counting steps)."""
+    return static.event is None and predicts_grid(controller, controller_state)
 
 
 @_reversible_loop.def_fwd
@@ -223,13 +221,12 @@ def _reversible_loop_fwd(perturbed, inputs, *, static):
         controller,
         inputs["t1"],
         inputs["tprev"],
-        inputs["tnext"],
         inputs["controller_state"],
         static.max_steps,
         tangents,
         t1_tangent,
         checkpoints,
-        _replay_every(controller, static),
+        predict=_predicts_grid(controller, inputs["controller_state"], static),
     )
     init_state = _build_init_state(inputs, static)
     init_state = eqx.tree_at(lambda s: s.controller_state, init_state, controller_state)
@@ -398,8 +395,8 @@ def _check_supported(
     if max_steps is None:
         raise ValueError(
             "`adjoint=ReversibleAdjoint()` needs `diffeqsolve(..., max_steps=...)` "
-            "to be an integer: it records the time of every accepted step, in a "
-            "buffer of `max_steps` scalars."
+            "to be an integer: with an adaptive step size controller it records "
+            "the time of every accepted step, in a buffer of `max_steps` scalars."
         )
     if is_unsafe_sde(terms):
         raise ValueError(
@@ -522,20 +519,22 @@ class ReversibleAdjoint(diffrax.AbstractAdjoint):
     [`diffrax.RecursiveCheckpointAdjoint`](https://docs.kidger.site/diffrax/api/adjoints/)
     computes (to round-off), while memory does not grow with the number of steps.
 
-    Apart from the step times: one scalar per step (and one per time input
-    differentiated). With checkpoints and `ConstantStepSize` or `StepTo`, whose times
-    do not depend on `y`, the backward pass recomputes them instead, and keeps a few
-    scalars per checkpoint.
+    Apart from the step times, with an adaptive step size controller: one scalar per
+    step (and one per time input differentiated). With `ConstantStepSize` or `StepTo`
+    (and no event), whose `k`-th step time is a function of `k` (for
+    `ConstantStepSize`, from diffrax 0.7.1), the backward pass computes each time
+    instead, and memory is flat in the number of steps.
 
     Gradients are available with respect to `y0`, `args`, parameters inside `terms`,
     `t0`, `t1`, `dt0`, `SaveAt(ts=...)` and arrays used by `SaveAt(fn=...)`. Every
     step size controller without jumps works: `ConstantStepSize`, `StepTo`,
     `PIDController` (rejected steps included), `PIDController(step_ts=...)`.
 
-    **Events.** `diffrax.Event`s work on ODEs (with diffrax 0.7.2 and later), with real
-    or boolean conditions, with or without a `root_finder`. With one, the gradient flows
-    through the event time (and the state there, and the parameters of `cond_fn`) by the
-    implicit function theorem, as with `diffrax.RecursiveCheckpointAdjoint`; without,
+    **Events.** `diffrax.Event`s work on ODEs and Stratonovich SDEs (with diffrax 0.7.2
+    and later), with real or boolean conditions, with or without a `root_finder`. With
+    one, the gradient flows through the event time (and the state there, and the
+    parameters of `cond_fn`) by the implicit function theorem, as with
+    `diffrax.RecursiveCheckpointAdjoint`; without,
     the solve stops at the end of the step in which the condition triggers, and which
     step that is has no derivative.
 
@@ -553,9 +552,7 @@ class ReversibleAdjoint(diffrax.AbstractAdjoint):
     `K`-th accepted step (`ceil(max_steps / K)` states). The backward pass restarts its
     reconstruction from each stored state, so round-off is amplified over at most `K`
     steps, and checks the drift at every checkpoint. Gradients are unchanged (to
-    round-off); memory is O(`max_steps / K`) states instead of O(1). With
-    `ConstantStepSize` or `StepTo` the step times are then not recorded either: the
-    backward pass recomputes them, `K` at a time.
+    round-off); memory is O(`max_steps / K`) states instead of O(1).
 
     The check bounds the reconstruction error, not how sensitive the gradient is to
     it: on a chaotic problem even a small drift can move the gradient (as round-off
@@ -563,7 +560,7 @@ class ReversibleAdjoint(diffrax.AbstractAdjoint):
     drift near round-off.
 
     Not supported, with a clear error at trace time: non-reversible solvers,
-    `max_steps=None`, `SaveAt(dense=True)` (which stores every step), events on SDEs,
+    `max_steps=None`, `SaveAt(dense=True)` (which stores every step),
     `UnsafeBrownianPath`, and controllers that make jumps (`jump_ts`).
 
     ??? cite "References"

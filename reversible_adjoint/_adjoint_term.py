@@ -16,11 +16,11 @@ inverse of step k evaluates where step k-1 did, so the linearisation serves step
 it is either carried to the next (earlier) backward step, or used at once, as below.
 Either way a backward step costs one linearisation and one transpose.
 
-`Reversible`'s evaluations are whole steps of its base method, two per step, which its
-inverse makes at the same points as the step: each is linearised once, and replayed
-in the same backward step. The linearisation of a Runge–Kutta step goes through its
-checkpointed stage loop, which cannot be transposed, so it is replayed with a custom
-VJP (`_replay_vjp`) rather than the vector field's custom JVP (`_replay`). A backward
+`Reversible`'s evaluations are steps of its base method (as far as their solutions
+need), two per step, which its inverse makes at the same points as the step: each is
+linearised once, and replayed in the same backward step, with a custom VJP
+(`_replay_vjp`) rather than the vector field's custom JVP (`_replay`); forward mode
+cannot differentiate it. A backward
 step costs two base steps and the pullbacks of two, against four base steps and the
 pullbacks of two unfused.
 
@@ -120,9 +120,9 @@ def _replay(point, value, pullback):
 
 
 def _replay_vjp(point, value, pullback):
-    """As `_replay`, for an evaluation whose linearisation cannot be transposed (a
-    whole Runge–Kutta step, whose stage loop is a checkpointed `while` loop): a custom
-    VJP, which applies `pullback` as it is, in reverse mode only. The parts of `value`
+    """As `_replay`, for an evaluation that is not one vector field evaluation (a
+    Runge–Kutta step): a custom VJP, which applies `pullback` as it is, in reverse
+    mode only. The parts of `value`
     that are not inexact arrays (a step's `RESULTS`) are returned as they are."""
     dynamic = eqx.filter(point, eqx.is_inexact_array)
     diff_value, nondiff_value = eqx.partition(value, eqx.is_inexact_array)

@@ -9,8 +9,9 @@
    instead (`_EventCotangents`; the dense output's join that step's pullback).
 2. A `lax.while_loop` over the accepted steps, last to first, in stretches
    (`_stretch_back`): from checkpoint to checkpoint (each restarts from its
-   checkpoint, and recomputes its step times if the grid is known), or, without
-   checkpoints, one stretch of every step. Each step (`_step_back`)
+   checkpoint), or, without checkpoints, one stretch of every step. The step times
+   are read from the forward pass's record, or computed (`PredictedRecord`). Each
+   step (`_step_back`)
    1. calls the solver's `AdjointTerm`: reconstruct the step's inputs with the exact
       inverse, and get the step's pullback;
    2. pulls back the `SaveAt(steps=...)` value saved at the step's start, i.e. at the
@@ -57,7 +58,7 @@ from ._cotangents import (
 from ._diffrax_internals import SaveState
 from ._drift import DriftRecord, check_drift, narrowest_dtype, solver_name
 from ._save_layout import SaveLayout
-from ._step_record import GridRecord, recording_controller
+from ._step_record import PredictedRecord, recording_controller
 from ._time_tangents import TimeCotangent
 
 _REVERSE_OVER_REVERSE = (
@@ -71,8 +72,9 @@ _REVERSE_OVER_REVERSE = (
 
 class Residuals(eqx.Module):
     """What the forward pass keeps for the backward pass: the final `y` and solver
-    state, the step record (`StepRecord` or `GridRecord`), the tangents of the final
-    `(tprev, tnext, controller state)` (`None` if no time input is differentiated),
+    state, the step record (`StepRecord` or `PredictedRecord`), the tangents of the
+    final `(tprev, tnext, controller state)` (`None` if no time input is
+    differentiated),
     the tangent of `t1`, the checkpoints (or `None`), and with an event, the end of
     the last step as the loop left it (`event_tnext`; `None` without an event)."""
 
@@ -134,8 +136,8 @@ class _Context(eqx.Module):
     - `t0_equals_t1`: whether the solve took no step because `t0 == t1`.
     - `step_to_ts`: the times of `StepTo(ts=...)` if they are differentiated, else
         `None`.
-    - `record`, `controller`, `checkpoints`: the step record, the controller that
-        recomputes its stretches, the stored states (or `None`).
+    - `record`, `checkpoints`: the step times (`StepRecord`, or `PredictedRecord`
+        able to compute them), the stored states (or `None`).
     - `every`: the length of a stretch.
     - `event_dense`: with an event and a root finder, the cotangent of the last
         step's dense output, from the root find after the loop (`_event.py`); else
@@ -154,7 +156,6 @@ class _Context(eqx.Module):
     t0_equals_t1: Array
     step_to_ts: Array | None
     record: Any
-    controller: Any
     checkpoints: Any
     every: int = eqx.field(static=True)
     event_dense: PyTree | None = None
@@ -169,9 +170,7 @@ class _BackwardCarry(eqx.Module):
     after it (`y`, `solver_state`); the cotangents of `y`, of the solver state, of
     `args`, of the terms, of the time inputs (`TimeCotangent`) and of each
     `SubSaveAt` (`SubCotangent`) gathered so far; what the `AdjointTerm` carries from
-    one step to the next; the drift record (`None` if not checked); and the step
-    times of the current stretch if they are recomputed (else `None`: read from the
-    record)."""
+    one step to the next; and the drift record (`None` if not checked)."""
 
     k: Array
     y: PyTree
@@ -184,7 +183,6 @@ class _BackwardCarry(eqx.Module):
     a_subs: list
     term_carry: Any
     drift: DriftRecord | None
-    times: Any
 
 
 def _save_pullback(fn, t, y, args, ct, with_time):
@@ -277,11 +275,13 @@ class _EventCotangents(eqx.Module):
     """With an event, the cotangents of the start (`tprev`) and end (`tnext`) of the
     loop's last step and of its dense output (`dense`; `None` if nothing after the
     loop uses it, as without a root finder), from what diffrax does after the loop
-    (`_event.py`)."""
+    (`_event.py`); and whether they come from a rejected step (`rejected`), which
+    the backward pass does not reconstruct."""
 
     tprev: Array
     tnext: Array
     dense: PyTree | None
+    rejected: Array
 
 
 def _event_cotangents(grad_state, residuals, times, dense_like, zero):
@@ -292,7 +292,8 @@ def _event_cotangents(grad_state, residuals, times, dense_like, zero):
     was a rejected step: only when it stopped without an event (on `max_steps`, or a
     failure, with `throw=False`), and the root find uses it only under `jax.vmap`
     when another solve of the batch had an event. The backward pass does not
-    reconstruct rejected steps: the cotangents are then NaN rather than wrong."""
+    reconstruct rejected steps: `backward` then makes every cotangent NaN rather
+    than wrong."""
     tprev = or_zero(grad_state.event_tprev, zero)
     tnext = or_zero(grad_state.event_tnext, zero)
     dense = grad_state.event_dense_info
@@ -301,12 +302,7 @@ def _event_cotangents(grad_state, residuals, times, dense_like, zero):
     used = (tprev != 0) | (tnext != 0)
     for x in jtu.tree_leaves(dense):
         used = used | jnp.any(x != 0)
-    nan_if_rejected = lambda x: jnp.where(rejected & used, jnp.nan, x)
-    return _EventCotangents(
-        nan_if_rejected(tprev),
-        nan_if_rejected(tnext),
-        jtu.tree_map(nan_if_rejected, dense),
-    )
+    return _EventCotangents(tprev, tnext, dense, rejected & used)
 
 
 #
@@ -411,16 +407,18 @@ def _pull_back_end(ctx, grad_state, residuals, times, controller_state, drift, e
         a_subs=a_subs,
         term_carry=term_carry,
         drift=drift,
-        times=times if isinstance(ctx.record, GridRecord) else None,
     )
 
 
 def _step_back(ctx: _Context, carry: _BackwardCarry) -> _BackwardCarry:
     """Undoes accepted step `carry.k` and pulls the cotangents back through it."""
     k = carry.k
-    times = ctx.record if carry.times is None else carry.times
-    t_k = times.time(k)
-    t_k1 = times.time(k + 1)
+    times = ctx.record
+    # Under `vmap`, also run for elements already done (`k < 0`), whose result is
+    # discarded: as a step of length zero at `t_0`, so that a Brownian path is
+    # queried inside its range (`VirtualBrownianTree` raises outside it).
+    t_k = times.time(jnp.maximum(k, 0))
+    t_k1 = jnp.where(k < 0, t_k, times.time(k + 1))
     step = ctx.adjoint_term(
         ctx.terms,
         t_k,
@@ -485,13 +483,7 @@ def _stretch_back(ctx: _Context, carry: _BackwardCarry) -> _BackwardCarry:
             measured = drift.measure((y, state), stored, restart=carry.k + 1)
             drift = jtu.tree_map(ft.partial(jnp.where, restart), measured, drift)
         y, state = jtu.tree_map(ft.partial(jnp.where, restart), stored, (y, state))
-    if isinstance(ctx.record, GridRecord):
-        times = ctx.record.stretch(stretch, ctx.controller)
-    else:
-        times = None
-    carry = dataclasses.replace(
-        carry, y=y, solver_state=state, drift=drift, times=times
-    )
+    carry = dataclasses.replace(carry, y=y, solver_state=state, drift=drift)
     start = stretch * ctx.every
     return lax.while_loop(lambda c: c.k >= start, ft.partial(_step_back, ctx), carry)
 
@@ -588,6 +580,16 @@ def _subs(inputs, perturbed, save_state_like, grad_state, at_end):
     ]
 
 
+_UNPREDICTED_GRID = (
+    "`ReversibleAdjoint` could not recompute the step times of this solve for its "
+    "backward pass: the step size controller did not compute them as a function of "
+    "its step count, as `diffrax.ConstantStepSize` (with a finite `t1`) and "
+    "`diffrax.StepTo` do. Please report this, with the solve. As a workaround, use "
+    "another step size controller (e.g. `diffrax.StepTo(ts=...)` on the same grid) or "
+    "`adjoint=diffrax.RecursiveCheckpointAdjoint()`."
+)
+
+
 def backward(
     residuals: Residuals, grad_out, perturbed, inputs, *, static, controller
 ) -> dict:
@@ -601,13 +603,20 @@ def backward(
     record = residuals.record
     checkpoints = residuals.checkpoints
     zero_time = jnp.zeros((), dtype=t1_tangent.dtype)
-    # The solve is undone in stretches of `every` steps, last to first: each starts
-    # from a checkpoint (if any) and has its step times recomputed (if the record is a
-    # `GridRecord`). Without checkpoints, one stretch of every step.
+    # The solve is undone in stretches of `every` steps, last to first, each from a
+    # checkpoint (if any). Without checkpoints, one stretch of every step.
     every = static.max_steps + 1 if checkpoints is None else checkpoints.every
-    controller = recording_controller(controller, inputs["t1"], t1_tangent)
-    last_stretch = jnp.maximum(record.num_accepted - 1, 0) // every
-    times = record.stretch(last_stretch, controller)
+    if isinstance(record, PredictedRecord):
+        controller = recording_controller(controller, inputs["t1"], t1_tangent)
+        # The check is attached to a scalar that everything after depends on (on the
+        # cotangents, it would copy each of them).
+        num_accepted = eqx.error_if(
+            record.num_accepted, record.mismatch, _UNPREDICTED_GRID
+        )
+        record = dataclasses.replace(
+            record.with_controller(controller), num_accepted=num_accepted
+        )
+    times = record
     # Cotangents of the time inputs: along the `D` tangent directions, and of the
     # times of `StepTo(ts=...)`, which are the step times themselves.
     step_to = inputs["step_to"]
@@ -636,7 +645,6 @@ def backward(
         t0_equals_t1=inputs["t0"] == inputs["t1"],
         step_to_ts=step_to.ts if grid_perturbed else None,
         record=record,
-        controller=controller,
         checkpoints=checkpoints,
         every=every,
         event_dense=None if event is None else event.dense,
@@ -653,6 +661,15 @@ def backward(
         ctx, carry, inputs["y0"], inputs["t0"], bool(perturbed["t0"])
     )
     cts = _input_cotangents(inputs, perturbed, carry, a_y, a_t0, a_args, a_subs)
+    if event is not None:
+        # NaN, not a gradient that misses the rejected step's part (which would be
+        # silently wrong: zero, when the solve accepted no step).
+        cts = jtu.tree_map(
+            lambda x: (
+                jnp.where(event.rejected, jnp.nan, x) if eqx.is_inexact_array(x) else x
+            ),
+            cts,
+        )
     # Forward-over-reverse (`jax.hessian`, `jax.jvp` of `jax.grad`) differentiates
     # this backward pass in forward mode, which works. Reverse-over-reverse would
     # transpose its `while_loop`, which JAX cannot do: say so clearly.

@@ -22,6 +22,16 @@ with nothing in it differentiated (`forward_event`), and with the keyword argume
 that diffrax gives it in the user's solve (not the wrapped step size controller the
 loop runs).
 
+The same holds for SDEs (`MultiTerm(ODETerm(...), ControlTerm(..., brownian_path))`
+with the solvers and Brownian paths `ReversibleAdjoint` supports for SDEs). The root
+find reads the last step's times and dense output; the dense output is an output of
+the step like its end state, a function of the state the step starts from, of the
+parameters and of its Brownian increment `W(t_N) − W(t_{N−1})`, which the backward pass
+queries again when it pulls the cotangents back through the step. The interpolant
+(linear for reversible Heun; for `Reversible(base)`, the base method's, on stage
+increments that already include the Brownian increment) queries no Brownian path
+inside the step, so the root find reads no noise that the step did not use.
+
 This relies on diffrax 0.7's `loop` calling its `outer_while_loop` once, on the
 initial state, and doing nothing after it that depends on that call's inputs:
 `run_loop_only` captures the state that loop ends in, and `finish` hands a given state
@@ -36,7 +46,7 @@ import equinox as eqx
 import jax.lax as lax
 import jax.tree_util as jtu
 
-from ._diffrax_internals import check_events_supported, is_sde
+from ._diffrax_internals import check_events_supported
 
 
 class _Condition(eqx.Module):
@@ -120,11 +130,8 @@ def finish(loop: Callable, loop_state, **kwargs):
 
 def check_event_supported(event: diffrax.Event, terms):
     """Raises a clear error, at trace time, for events `ReversibleAdjoint` does not
-    support."""
+    support: any event with a diffrax older than 0.7.2. Events on SDEs are supported
+    where the SDE is (see the module docstring); what is refused for SDEs is refused
+    with or without an event, by the checks that follow this one."""
+    del event, terms
     check_events_supported()
-    if is_sde(terms):
-        raise NotImplementedError(
-            "`adjoint=ReversibleAdjoint()` supports events on ODEs only, not on SDEs. "
-            "Use `adjoint=diffrax.RecursiveCheckpointAdjoint()` for an SDE with an "
-            "event."
-        )

@@ -24,14 +24,12 @@ What is recorded depends on the controller:
 - In general (an adaptive controller, whose decisions depend on `y`): every accepted
   time, in a `StepRecord` of `max_steps + 1` entries; memory `max_steps * (1 + D)`
   scalars, no states.
-- With checkpoints, for `ConstantStepSize` and `StepTo`, whose grid depends on the
-  time inputs only: a `GridRecord`, which keeps the state of the recurrence at the
-  start of every stretch of `every = checkpoint_every` accepted steps. The backward
-  pass undoes the solve stretch by stretch, last to first, and runs the controller
-  again over each stretch to recompute its times (`GridRecord.stretch`): memory
-  `O(max_steps / every + every)` scalars, and one more controller call per step, on
-  scalars. The recomputed times are bit for bit those of the forward pass
-  (`tests/test_replayed_grid.py`): both run the same computation on opaque inputs.
+- For `StepTo` and `ConstantStepSize` (from diffrax 0.7.1), whose `k`-th accepted
+  time is a function of a step counter in the controller state and of the time
+  inputs: nothing per step (`PredictedRecord`). The backward pass calls the controller
+  on the state it had after `k - 2` calls (the initial one, its counter advanced) to
+  get `t_k` and its tangent, which the forward pass checked to be bit for bit those
+  of the loop. Memory: a few scalars, whatever the number of steps.
 
 The loop clips `tprev` and `tnext` to `t1` after each controller call. The wrapper
 applies the same clip itself, so the tangents include it; the loop's own clip is then
@@ -41,6 +39,8 @@ at `t1` without having been clipped there (a first step with `t0 + dt0 == t1`), 
 then the final time saved by the loop, which is clipped, takes the tangent of the
 final `tprev` instead.
 """
+
+import dataclasses
 
 import diffrax
 import equinox as eqx
@@ -54,25 +54,23 @@ from ._diffrax_internals import AbstractWrappedSolver, clip_floor, clip_to_end
 
 
 class StepRecord(eqx.Module):
-    """Accepted step times and their tangents (shape `(size, D)`) along the
-    differentiated time directions: `time(k)` is `t_k`, for `k` from `offset` to
-    `offset + size - 1`. Recorded in full (`offset = 0`, `t_0 = t0 < t_1 < ... <
-    t_num_accepted`, `max_steps + 1` entries), or one stretch of a `GridRecord`."""
+    """Accepted step times and their tangents (shape `(max_steps + 1, D)`) along the
+    differentiated time directions: `time(k)` is `t_k`, with `t_0 = t0 < t_1 < ... <
+    t_num_accepted`."""
 
     ts: Array
     tangents: Array
     num_accepted: Array
-    offset: Array | int = 0
 
     def time(self, k):
-        return self.ts[k - self.offset]
+        return self.ts[k]
 
     def tangent(self, k):
-        return self.tangents[k - self.offset]
+        return self.tangents[k]
 
-    def write(self, keep, t, tangent, tnext, inner, time_tangents):
+    def write(self, keep, t, tangent, tnext, inner, time_tangents, controller):
         """Records `t` (and its tangent) as the next accepted time, if `keep`."""
-        del tnext, inner, time_tangents
+        del tnext, inner, time_tangents, controller
         index = self.num_accepted + 1
         ts = self.ts.at[index].set(jnp.where(keep, t, self.ts[index]))
         if tangent is not None:
@@ -84,91 +82,128 @@ class StepRecord(eqx.Module):
         num_accepted = self.num_accepted + jnp.where(keep, 1, 0)
         return StepRecord(ts, tangents, num_accepted)
 
-    def stretch(self, c, controller):
-        """The times of stretch `c`: all of them."""
-        del c, controller
-        return self
+
+def _split_counters(controller_state):
+    """`(counters, rest)`: the integer leaves of a controller state (as arrays), and
+    the rest."""
+    state = jtu.tree_map(
+        lambda x: jnp.asarray(x) if isinstance(x, int) else x, controller_state
+    )
+    is_counter = lambda x: eqx.is_array(x) and jnp.issubdtype(x.dtype, jnp.integer)
+    return eqx.partition(state, is_counter)
 
 
-def replays_grid(controller) -> bool:
-    """Whether the accepted times of `controller` depend on the time inputs only (not
-    on `y`), so that the backward pass can recompute them exactly as the forward loop
-    computed them instead of recording each one."""
-    return type(controller) in (diffrax.ConstantStepSize, diffrax.StepTo)
+def predicts_grid(controller, controller_state) -> bool:
+    """Whether each accepted time of `controller` is a function of a step counter in
+    its state (and of the time inputs), so that the backward pass can compute any of
+    them directly (`PredictedRecord`): `StepTo` (an index into its `ts`), and
+    `ConstantStepSize` from diffrax 0.7.1, whose `k`-th step ends at
+    `t0 + (t1 - t0) k / n` (before, it added `dt0` to the previous time, and its state
+    holds no counter)."""
+    if type(controller) not in (diffrax.ConstantStepSize, diffrax.StepTo):
+        return False
+    counters, _ = _split_counters(controller_state)
+    return len(jtu.tree_leaves(counters)) > 0
 
 
-class GridRecord(eqx.Module):
-    """The record of a step grid that does not depend on `y` (`replays_grid`): only
-    every `every`-th point of it. The solve is split into stretches of `every`
-    accepted steps; for stretch `c` (steps `c * every` to `(c + 1) * every - 1`) this
-    keeps the time before it and the time it starts at (`ends[c]`, with tangents),
-    and the rest of the state of the time recurrence at its start (`starts`: `tnext`,
-    the controller state and their tangents). `stretch(c, ...)` runs the recurrence
-    again from there. Memory: `O(max_steps / every)` scalars, and `O(every)` for the
-    stretch being replayed."""
+class PredictedRecord(eqx.Module):
+    """The record of a step grid that `predicts_grid`: nothing per step.
 
-    every: int = eqx.field(static=True)
-    ends: Array
-    end_tangents: Array
-    starts: PyTree
+    The loop's time recurrence is `(tprev, tnext, state) -> (tnext, g(state),
+    h(state))`, clipped to `t1`, where `h` advances the integer counters of the
+    controller state by a fixed amount and leaves its other leaves alone. So the
+    state after `j` calls is the initial one with its counters advanced `j` times,
+    and the accepted time `t_k` (`k >= 2`) is the `tnext` that the controller computes
+    from the state after `k - 2` calls, clipped, as the loop computes it: one call of
+    the controller, whatever `k`. `t_0` and `t_1` (the initial `tprev` and `tnext`)
+    are kept as they are.
+
+    The forward pass checks every accepted time and its tangent against this
+    prediction, bit for bit, and flags any mismatch (`mismatch`), which the backward
+    pass turns into an error rather than use a time it cannot reproduce. Memory: a
+    few scalars, whatever the number of steps."""
+
+    start_ts: Array
+    start_tangents: Array
+    state0: PyTree
+    state0_tangents: PyTree
+    counter_step: PyTree
     num_accepted: Array
+    mismatch: Array
+    controller: "RecordingController | None" = None
 
-    def write(self, keep, t, tangent, tnext, inner, time_tangents):
-        """Records what it needs of the next accepted step, ending at `t`, if `keep`."""
+    def _predict(self, k, controller):
+        """The accepted time `t_k` (`k >= 2`) and its tangent, as the loop computes
+        them from the state after `k - 2` controller calls."""
+        counters0, rest = _split_counters(self.state0)
+        counters = jtu.tree_map(
+            lambda c, s: c + (k - 2).astype(c.dtype) * s, counters0, self.counter_step
+        )
+        state = eqx.combine(counters, rest)
+        # `tprev` and `tnext` are not inputs of the prediction (the controllers that
+        # `predicts_grid` do not use them): NaN, so that a controller that did
+        # would fail the forward pass's check rather than pass it by chance.
+        nan = jnp.full((), jnp.nan, self.start_ts.dtype)
+        tangents = None
+        if self.start_tangents.shape[-1] > 0:  # Some time input is differentiated.
+            zero = jnp.zeros_like(self.start_tangents[0])
+            tangents = (zero, zero, self.state0_tangents)
+        _, _, tnext, _, tangents, _, _ = controller.advance(nan, nan, state, tangents)
+        # Exactly how the loop's next call turns `tnext` into the accepted time.
+        t = jnp.minimum(tnext, controller.t1)
+        tangent = self.start_tangents[0] if tangents is None else tangents[1]
+        return t, tangent
+
+    def _lookup(self, k):
+        t, tangent = self._predict(k, self.controller)
+        first = jnp.clip(k, 0, 1)
+        t = jnp.where(k < 2, self.start_ts[first], t)
+        tangent = jnp.where(k < 2, self.start_tangents[first], tangent)
+        return t, tangent
+
+    def time(self, k):
+        return self._lookup(k)[0]
+
+    def tangent(self, k):
+        return self._lookup(k)[1]
+
+    def write(self, keep, t, tangent, tnext, inner, time_tangents, controller):
+        """Checks the next accepted time, `t`, against the prediction, if `keep`;
+        after the first step, keeps `t_1` and how far a call advances the
+        counters."""
+        del tnext, time_tangents
         n = self.num_accepted + 1
-        record = self.with_time(n, keep, t, tangent)
-        due = keep & (n % self.every == 0)
-        starts = _write_slot(
-            record.starts, n // self.every, due, (tnext, inner, time_tangents)
-        )
-        num_accepted = self.num_accepted + jnp.where(keep, 1, 0)
-        return GridRecord(
-            self.every, record.ends, record.end_tangents, starts, num_accepted
-        )
-
-    def with_time(self, n, keep, t, tangent):
-        """Records `t_n = t` where a stretch needs it, if `keep`: as the time before
-        stretch `(n + 1) / every` and as the start of stretch `n / every`, if these
-        are integers."""
-        every = self.every
         if tangent is None:
-            tangent = jnp.zeros(self.end_tangents.shape[2:], self.end_tangents.dtype)
-        ends = self.ends
-        end_tangents = self.end_tangents
-        for due, slot, column in (
-            (keep & ((n + 1) % every == 0), (n + 1) // every, 0),
-            (keep & (n % every == 0), n // every, 1),
-        ):
-            ends = ends.at[slot, column].set(jnp.where(due, t, ends[slot, column]))
-            end_tangents = end_tangents.at[slot, column].set(
-                jnp.where(due, tangent, end_tangents[slot, column])
-            )
-        return GridRecord(every, ends, end_tangents, self.starts, self.num_accepted)
-
-    def stretch(self, c, controller: "RecordingController") -> StepRecord:
-        """The times `t_k` (and tangents) for `k` from `c * every - 1` to
-        `(c + 1) * every`: the times stretch `c` needs, recomputed by `controller`
-        (the `RecordingController` of the forward pass)."""
-        tprev = self.ends[c, 1]
-        tnext, inner, time_tangents = jtu.tree_map(lambda x: x[c], self.starts)
-
-        def advance(carry, _):
-            tprev, tnext, inner, time_tangents = carry
-            _, tprev, tnext, inner, time_tangents, step_end_tangent, _ = (
-                controller.advance(tprev, tnext, inner, time_tangents)
-            )
-            if step_end_tangent is None:
-                step_end_tangent = jnp.zeros(self.end_tangents.shape[2:], tprev.dtype)
-            return (tprev, tnext, inner, time_tangents), (tprev, step_end_tangent)
-
-        init = (tprev, tnext, inner, time_tangents)
-        _, (ts, tangents) = lax.scan(advance, init, length=self.every)
-        return StepRecord(
-            jnp.concatenate([self.ends[c], ts]),
-            jnp.concatenate([self.end_tangents[c], tangents]),
-            self.num_accepted,
-            c * self.every - 1,
+            tangent = jnp.zeros_like(self.start_tangents[0])
+        first = keep & (n == 1)
+        start_ts = self.start_ts.at[1].set(jnp.where(first, t, self.start_ts[1]))
+        start_tangents = self.start_tangents.at[1].set(
+            jnp.where(first, tangent, self.start_tangents[1])
         )
+        counters1, _ = _split_counters(inner)
+        counters0, _ = _split_counters(self.state0)
+        counter_step = jtu.tree_map(
+            lambda c1, c0, s: jnp.where(first, c1 - c0, s),
+            counters1,
+            counters0,
+            self.counter_step,
+        )
+        record = dataclasses.replace(
+            self,
+            start_ts=start_ts,
+            start_tangents=start_tangents,
+            counter_step=counter_step,
+        )
+        predicted_t, predicted_tangent = record._predict(n, controller)
+        agrees = (predicted_t == t) & jnp.all(predicted_tangent == tangent)
+        mismatch = self.mismatch | (keep & (n >= 2) & ~agrees)
+        num_accepted = self.num_accepted + jnp.where(keep, 1, 0)
+        return dataclasses.replace(record, num_accepted=num_accepted, mismatch=mismatch)
+
+    def with_controller(self, controller):
+        """The record, able to compute its times with `controller` (the
+        `RecordingController` of the forward pass)."""
+        return dataclasses.replace(self, controller=controller)
 
 
 def _write_slot(buffers, slot, due, new):
@@ -222,7 +257,7 @@ class RecordingState(eqx.Module):
     inner: PyTree
     # Tangents of (tprev, tnext, inexact leaves of `inner`), each of shape (D, *shape).
     time_tangents: PyTree
-    record: StepRecord | GridRecord
+    record: StepRecord | PredictedRecord
     checkpoints: Checkpoints | None
 
 
@@ -359,7 +394,7 @@ class RecordingController(diffrax.AbstractStepSizeController):
                 record.num_accepted, keep, y1_candidate, solver_state1
             )
         record = record.write(
-            keep, next_tprev, step_end_tangent, next_tnext, inner, tangents
+            keep, next_tprev, step_end_tangent, next_tnext, inner, tangents, self
         )
         state = RecordingState(
             inner=inner, time_tangents=tangents, record=record, checkpoints=checkpoints
@@ -371,13 +406,12 @@ def init_recording(
     controller,
     t1,
     tprev,
-    tnext,
     controller_state,
     max_steps,
     tangents,
     t1_tangent,
     checkpoints=None,
-    replay_every=None,
+    predict=False,
 ):
     """Wraps `controller` and its initial state for a recording forward pass.
 
@@ -385,34 +419,36 @@ def init_recording(
     controller_state)` as a tuple, each of shape `(D, *shape)`, or `None` when
     `D = 0`; `t1_tangent` is the tangent of `t1`, of shape `(D,)`. `checkpoints`
     (from `init_checkpoints`) also stores states, and then the solver must be wrapped
-    in `ReportingSolver`. With `replay_every` (only for a controller that
-    `replays_grid`), the record is a `GridRecord` of stretches of that many steps;
-    otherwise every accepted time is recorded.
+    in `ReportingSolver`. With `predict` (only for a controller that
+    `predicts_grid`), the record is a `PredictedRecord`; otherwise every accepted
+    time is recorded (`StepRecord`).
     """
     num_directions = t1_tangent.shape[0]
     time_dtype = jnp.result_type(tprev)
     first_tangent = jnp.zeros(num_directions, dtype=time_dtype)
     if tangents is not None:
         first_tangent = tangents[0].astype(time_dtype)
-    if replay_every is None:
+    if predict:
+        start_ts = jnp.full(2, jnp.inf, dtype=time_dtype).at[0].set(tprev)
+        start_tangents = jnp.zeros((2, num_directions), dtype=time_dtype)
+        counters, _ = _split_counters(controller_state)
+        record = PredictedRecord(
+            start_ts=start_ts,
+            start_tangents=start_tangents.at[0].set(first_tangent),
+            state0=jtu.tree_map(
+                lambda x: jnp.asarray(x) if isinstance(x, int) else x,
+                controller_state,
+            ),
+            state0_tangents=None if tangents is None else tangents[2],
+            counter_step=jtu.tree_map(jnp.zeros_like, counters),
+            num_accepted=jnp.array(0, dtype=jnp.int32),
+            mismatch=jnp.array(False),
+        )
+    else:
         ts = jnp.full(max_steps + 1, jnp.inf, dtype=time_dtype).at[0].set(tprev)
         record_tangents = jnp.zeros((max_steps + 1, num_directions), dtype=time_dtype)
         record_tangents = record_tangents.at[0].set(first_tangent)
         record = StepRecord(ts, record_tangents, jnp.array(0, dtype=jnp.int32))
-    else:
-        size = max_steps // replay_every + 2
-        # Stretch 0 starts at `t0`; the time before it is taken to be `t0` too.
-        ends = jnp.full((size, 2), jnp.inf, dtype=time_dtype).at[0, 0].set(tprev)
-        end_tangents = jnp.zeros((size, 2, num_directions), dtype=time_dtype)
-        end_tangents = end_tangents.at[0, 0].set(first_tangent)
-        start = (tnext, controller_state, tangents)
-        starts = jtu.tree_map(
-            lambda x: jnp.zeros((size, *jnp.shape(x)), jnp.result_type(x)).at[0].set(x),
-            start,
-        )
-        record = GridRecord(
-            replay_every, ends, end_tangents, starts, jnp.array(0, dtype=jnp.int32)
-        ).with_time(0, True, tprev, first_tangent)
     wrapped = recording_controller(controller, t1, t1_tangent)
     state = RecordingState(controller_state, tangents, record, checkpoints)
     return wrapped, state

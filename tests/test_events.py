@@ -4,10 +4,13 @@ exactly as with `RecursiveCheckpointAdjoint`; without a root finder, or with a b
 condition, the solve stops at the end of a step and the discrete choice carries no
 derivative, as with diffrax's adjoints.
 
+Stratonovich SDEs too, with every solver `ReversibleAdjoint` supports for them.
+
 Compiling a solve with a root find is slow, so the default suite runs a root find with
-adaptive steps, a boolean condition and the SDE refusal; the rest (every solver, several
-conditions, no trigger, the event at `t0`, backwards in time, checkpoints, a bouncing
-ball, a neural ODE, memory) are marked `slow`, which `.ci/run` runs after the suite."""
+adaptive steps, a boolean condition and a root find on an SDE; the rest (every solver,
+several conditions, no trigger, the event at `t0`, backwards in time, checkpoints, a
+bouncing ball, a neural ODE, memory, SDEs with other solvers and conditions, adaptive
+steps and `jax.vmap`) are marked `slow`, which `.ci/run` runs after the suite."""
 
 import diffrax
 import equinox as eqx
@@ -28,6 +31,7 @@ from .helpers import (
     mlp_term,
     readout,
 )
+from .test_sde import GridBrownianPath
 
 pytestmark = pytest.mark.skipif(
     release(diffrax.__version__) < EVENTS_SINCE,
@@ -457,22 +461,199 @@ def test_memory_flat_in_steps():
     assert store_all[1] - store_all[0] > 8 * 8 * (4_000 - 100) > 2 * record
 
 
-def test_sde_refused():
-    bm = diffrax.VirtualBrownianTree(0.0, 1.0, tol=1e-3, shape=(2,), key=jr.PRNGKey(0))
-    terms = diffrax.MultiTerm(
-        diffrax.ODETerm(lambda t, y, args: -y),
-        diffrax.ControlTerm(lambda t, y, args: 0.1 * y, bm),
+#
+# SDEs: the projectile with noise in its position and velocity, a Stratonovich SDE.
+#
+
+SDE_T1 = 3.0
+
+
+class Diffusion(eqx.Module):
+    """State-dependent, time-dependent diagonal noise on a pytree state, scaled by
+    `scale` (a parameter inside the term)."""
+
+    scale: jax.Array
+
+    def __call__(self, t, y, args):
+        return {
+            "pos": 0.1 * self.scale * jnp.diag(jnp.cos(y["vel"])),
+            "vel": self.scale * jnp.diag(1.0 + 0.3 * jnp.sin(y["pos"] + t)),
+        }
+
+
+def sde_inputs(path="grid", level=0.0, key=jr.PRNGKey(0)):
+    """`projectile_inputs` with noise: on a `GridBrownianPath` (differentiable in
+    time, so `t0` is differentiated too) or a `VirtualBrownianTree` (not: `t0` is
+    then a Python float, and has no gradient)."""
+    terms, y0, args, t0, ts, level = projectile_inputs(level)
+    leaf = jax.ShapeDtypeStruct((2,), jnp.float64)
+    shape = {"pos": leaf, "vel": leaf}
+    if path == "grid":
+        bm = GridBrownianPath(key, shape, -1.0, SDE_T1 + 1.0)
+    else:
+        bm = diffrax.VirtualBrownianTree(-1.0, SDE_T1, 1e-5, shape, key=key)
+        t0 = float(t0)
+    terms = diffrax.MultiTerm(terms, diffrax.ControlTerm(Diffusion(jnp.array(0.5)), bm))
+    return terms, y0, args, t0, ts, level
+
+
+def sde_nonzero(names):
+    """The parts of the reference gradient that must not be zero: those in `names`,
+    and the diffusion's parameter."""
+
+    def nonzero(want):
+        parts = dict(zip(NAMES, want))
+        scale = parts["terms"].terms[1].vector_field.scale
+        return [scale, *(parts[name] for name in names)]
+
+    return nonzero
+
+
+def check_sde(nonzero=NAMES, inputs=None, adjoint=None, **kwargs):
+    """Gradient parity of `event_loss` on the noisy projectile, solved with `kwargs`
+    (constant steps unless `controller` says otherwise). Returns the reference
+    solve's `result`."""
+    kwargs.setdefault("controller", diffrax.ConstantStepSize())
+
+    def loss(inputs, adjoint):
+        sol = solve_projectile(inputs, adjoint, t1=SDE_T1, **kwargs)
+        return event_loss(sol), sol.result
+
+    inputs = sde_inputs() if inputs is None else inputs
+    adjoint = ra.ReversibleAdjoint() if adjoint is None else adjoint
+    _, _, result = check_gradient_parity(
+        loss,
+        inputs,
+        names=NAMES,
+        nonzero=sde_nonzero(nonzero),
+        adjoint=adjoint,
+        has_aux=True,
     )
-    with pytest.raises(
-        NotImplementedError, match=r"events on ODEs only.*RecursiveCheckpointAdjoint"
-    ):
-        diffrax.diffeqsolve(
-            terms,
-            ra.ReversibleHeun(),
-            0.0,
-            1.0,
-            0.01,
-            jnp.ones(2),
-            event=diffrax.Event(lambda t, y, args, **kw: t > 0.5),
-            adjoint=ra.ReversibleAdjoint(),
-        )
+    return result
+
+
+def test_sde_root_find():
+    """A Stratonovich SDE, stopped where a real condition crosses zero (Newton's
+    method): every input has its gradient, the diffusion's parameter, the ground
+    level and `t0` (through the Brownian path) included."""
+    result = check_sde()
+    assert result == diffrax.RESULTS.event_occurred
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "solver",
+    [diffrax.ReversibleHeun(), ra.Reversible(diffrax.Midpoint())],
+    ids=["diffrax.ReversibleHeun", "Reversible(Midpoint)"],
+)
+def test_sde_solvers(solver):
+    """The other reversible solvers for Stratonovich SDEs; `Reversible`'s root find
+    reads the base method's dense output (cubic Hermite on the stage increments),
+    and its save times too."""
+    check_sde(solver=solver, saveat=lambda ts: diffrax.SaveAt(ts=ts, t1=True))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["boolean", "no root finder", "no trigger"])
+def test_sde_stop_at_step_end(kind):
+    """A boolean condition, a real one without a root finder, and one that never
+    triggers: the solve stops at the end of a step (or at `t1`), and the condition's
+    parameter has no gradient."""
+    inputs = sde_inputs(level=-100.0 if kind == "no trigger" else 0.0)
+    result = check_sde(
+        ("terms", "y0", "args", "t0", "ts"),
+        inputs=inputs,
+        boolean=kind == "boolean",
+        root_finder=None if kind == "no root finder" else NEWTON,
+    )
+    assert (result == diffrax.RESULTS.event_occurred) == (kind != "no trigger")
+
+
+@pytest.mark.slow
+def test_sde_adaptive():
+    """Adaptive steps on a `VirtualBrownianTree` (not differentiable in time, so no
+    `t0` gradient), with `Reversible(diffrax.Heun())`, whose error estimate drives
+    the controller, and checkpoints."""
+    result = check_sde(
+        ("terms", "y0", "args", "ts", "level"),
+        inputs=sde_inputs("tree"),
+        solver=ra.Reversible(diffrax.Heun()),
+        controller=diffrax.PIDController(rtol=1e-3, atol=1e-5),
+        adjoint=ra.ReversibleAdjoint(checkpoint_every=7),
+    )
+    assert result == diffrax.RESULTS.event_occurred
+
+
+@pytest.mark.slow
+def test_sde_vmap():
+    """`jax.vmap` over Brownian samples and ground levels: one solve stops at the
+    event, one never triggers, one stops earlier; each matches
+    `RecursiveCheckpointAdjoint`."""
+
+    def loss(inputs, adjoint):
+        _, y0, args, _, ts, level = inputs
+
+        def one(key, level):
+            terms, _, _, t0, _, _ = sde_inputs(key=key)
+            sol = solve_projectile(
+                (terms, y0, args, t0, ts, level),
+                adjoint,
+                controller=diffrax.ConstantStepSize(),
+                t1=SDE_T1,
+            )
+            return event_loss(sol), sol.result
+
+        keys = jr.split(jr.PRNGKey(3), 3)
+        levels = jnp.stack([level, level - 100.0, level + 0.5])
+        losses, results = jax.vmap(one)(keys, levels)
+        return jnp.sum(losses * jnp.array([1.0, 0.5, 0.3])), results
+
+    _, _, results = check_gradient_parity(
+        loss,
+        projectile_inputs(),
+        names=NAMES,
+        nonzero=("y0", "args", "ts", "level"),
+        has_aux=True,
+    )
+    occurred = results == diffrax.RESULTS.event_occurred
+    assert tuple(bool(x) for x in occurred) == (True, False, True)
+
+
+@pytest.mark.slow
+def test_vmap_rejected_last_step_is_nan():
+    """Under `jax.vmap`, the root find runs for every solve of the batch once one has
+    an event, on the last step each solve took, rejected or not. A solve that stops
+    on `max_steps` (with `throw=False`) after a rejected step, here having accepted
+    none, then depends on that rejected step, which `ReversibleAdjoint` does not
+    reconstruct: its gradient must be NaN, not the gradient without that step's part
+    (zero here), while `RecursiveCheckpointAdjoint`'s is finite and nonzero."""
+
+    def loss(y0, a, adjoint):
+        def one(level, dt0):
+            return diffrax.diffeqsolve(
+                diffrax.ODETerm(lambda t, y, a: -a * y * (1 + jnp.sin(5 * t))),
+                ra.ReversibleHeun(),
+                0.0,
+                5.0,
+                dt0,
+                y0,
+                args=a,
+                stepsize_controller=diffrax.PIDController(rtol=1e-6, atol=1e-8),
+                event=diffrax.Event(
+                    lambda t, y, args, **kwargs: y - level, optx.Newton(1e-10, 1e-10)
+                ),
+                adjoint=adjoint,
+                max_steps=4,
+                throw=False,
+            )
+
+        sols = jax.vmap(one)(jnp.array([0.999, -1.0]), jnp.array([0.001, 0.5]))
+        return sols.ys[1, -1], sols.stats
+
+    grad = eqx.filter_jit(jax.grad(loss, argnums=(0, 1), has_aux=True))
+    want, stats = grad(1.0, 0.7, diffrax.RecursiveCheckpointAdjoint())
+    got, _ = grad(1.0, 0.7, ra.ReversibleAdjoint())
+    assert stats["num_accepted_steps"].tolist()[1] == 0
+    assert stats["num_rejected_steps"].tolist()[1] > 0
+    assert all(jnp.isfinite(x) and x != 0 for x in want)
+    assert all(jnp.isnan(x) for x in got)

@@ -8,6 +8,7 @@ import jax.random as jr
 import pytest
 
 import reversible_adjoint as ra
+from reversible_adjoint._diffrax_internals import EVENTS_SINCE, release
 
 from .helpers import make_problem
 
@@ -76,6 +77,23 @@ def test_unsafe_brownian_path():
     )
     with pytest.raises(ValueError, match=r"UnsafeBrownianPath.*VirtualBrownianTree"):
         _solve(terms=terms, y0=x0, args=None)
+
+
+@pytest.mark.skipif(
+    release(diffrax.__version__) < EVENTS_SINCE,
+    reason="events need diffrax 0.7.2 or later (test_events_need_diffrax_0_7_2)",
+)
+def test_sde_event_refusals():
+    """Events on SDEs are supported (`tests/test_events.py`); what is refused for an
+    SDE is refused with an event too."""
+    bm = diffrax.UnsafeBrownianPath(shape=(2,), key=jr.PRNGKey(0))
+    terms = diffrax.MultiTerm(
+        diffrax.ODETerm(lambda t, y, args: -y),
+        diffrax.ControlTerm(lambda t, y, args: 0.1 * y, bm),
+    )
+    event = diffrax.Event(lambda t, y, args, **kwargs: y[0] - 0.5)
+    with pytest.raises(ValueError, match=r"UnsafeBrownianPath.*VirtualBrownianTree"):
+        _solve(terms=terms, y0=jnp.ones(2), args=None, event=event)
 
 
 def test_jump_ts():

@@ -1,11 +1,11 @@
-"""With checkpoints and a step grid that does not depend on `y` (`ConstantStepSize`,
-`StepTo`), the forward pass does not record every accepted time: the backward pass
-runs the controller again over each stretch between checkpoints. The times must be
-exactly those of the forward pass, and the gradients those of
-`RecursiveCheckpointAdjoint`, across many stretches; and memory must not grow by a
-scalar per step."""
-
-import math
+"""With a step grid that does not depend on `y` (`ConstantStepSize`, `StepTo`), the
+forward pass does not record every accepted time. Where each time is a function of a
+step counter in the controller state (`StepTo`; `ConstantStepSize` from diffrax
+0.7.1), the backward pass computes it directly (`PredictedRecord`): memory is flat in
+the number of steps. Otherwise, with checkpoints, it runs the controller again over
+each stretch between checkpoints (`GridRecord`). The times must be exactly those of
+the forward pass, and the gradients those of `RecursiveCheckpointAdjoint`; and memory
+must not grow by a scalar per step."""
 
 import diffrax
 import equinox as eqx
@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import pytest
 
 import reversible_adjoint as ra
-from reversible_adjoint._step_record import init_recording
+from reversible_adjoint._step_record import init_recording, predicts_grid
 
 from .helpers import (
     assert_nonzero,
@@ -68,37 +68,37 @@ def test_parity_over_many_stretches(solver, controller_name, checkpoint_every):
 
 
 @pytest.mark.parametrize("controller_name", ["constant", "step_to"])
-@pytest.mark.parametrize("every", [1, 7])
-def test_replayed_times_are_the_recorded_times(controller_name, every):
-    """Run the controller as diffrax's loop does, recording every time and, alongside,
-    only what replaying needs: every stretch replays to the same times and tangents,
-    bit for bit."""
+def test_computed_times_are_the_recorded_times(controller_name):
+    """Run the controller as diffrax's loop does, recording every time and,
+    alongside, only what computing them needs: every time and tangent computed is the
+    recorded one, bit for bit, and the forward pass's check agrees."""
     controller, dt0 = _controller(controller_name)
     if dt0 is not None:
         dt0 = jnp.array(dt0)  # An array, as `diffeqsolve` passes it.
     t0, t1 = jnp.array(0.0), jnp.array(2.0)
     tnext, controller_state = controller.init(None, t0, t1, None, dt0, None, None, None)
-    # One direction: the tangent along `t1` (`ConstantStepSize` also holds `t1`, or,
-    # in diffrax 0.7.0, `dt0`).
+    if not predicts_grid(controller, controller_state):
+        pytest.skip("diffrax < 0.7.1: `ConstantStepSize` adds `dt0` at each step.")
+    # Directions: along `tnext` and `t1`, and (`ConstantStepSize`) along the inexact
+    # leaves of its state (which hold `t0` and `t1`).
     dynamic, _ = eqx.partition(controller_state, eqx.is_inexact_array)
     tangents = (
-        jnp.zeros(1),
-        jnp.zeros(1),
-        jax.tree_util.tree_map(lambda x: jnp.ones((1, *x.shape)), dynamic),
+        jnp.zeros(2),
+        jnp.array([1.0, 0.0]),
+        jax.tree_util.tree_map(lambda x: jnp.ones((2, *x.shape)), dynamic),
     )
-    t1_tangent = jnp.ones(1)
+    t1_tangent = jnp.array([0.0, 1.0])
 
-    def run(replay_every):
+    def run(predict):
         wrapped, state = init_recording(
             controller,
             t1,
             t0,
-            tnext,
             controller_state,
             MAX_STEPS,
             tangents,
             t1_tangent,
-            replay_every=replay_every,
+            predict=predict,
         )
 
         def step(carry, _):
@@ -111,19 +111,48 @@ def test_replayed_times_are_the_recorded_times(controller_name, every):
         (_, _, state), _ = jax.lax.scan(step, (t0, tnext, state), length=MAX_STEPS)
         return wrapped, state.record
 
-    _, full = jax.jit(lambda: run(None))()
-    wrapped, grid = jax.jit(lambda: run(every))()
+    _, full = jax.jit(lambda: run(False))()
+    wrapped, predicted = jax.jit(lambda: run(True))()
     num_steps = int(full.num_accepted)
-    assert num_steps > 40 and int(grid.num_accepted) == num_steps
+    assert num_steps > 40 and int(predicted.num_accepted) == num_steps
     assert float(full.ts[num_steps]) == 2.0
     assert jnp.any(full.tangents[1 : num_steps + 1] != 0)
-    for stretch in range(math.ceil(num_steps / every)):
-        times = eqx.filter_jit(grid.stretch)(jnp.array(stretch), wrapped)
-        ks = jnp.arange(stretch * every, min((stretch + 1) * every, num_steps) + 1)
-        assert jnp.array_equal(times.time(ks), full.ts[ks])
-        assert jnp.array_equal(times.tangent(ks), full.tangents[ks])
-        previous = max(stretch * every - 1, 0)
-        assert times.time(stretch * every - 1) == full.ts[previous] or stretch == 0
+    assert not predicted.mismatch
+    ks = jnp.arange(num_steps + 1)
+    lookup = eqx.filter_jit(lambda r, ks: jax.vmap(r._lookup)(ks))
+    times, time_tangents = lookup(predicted.with_controller(wrapped), ks)
+    assert jnp.array_equal(times, full.ts[ks])
+    assert jnp.array_equal(time_tangents, full.tangents[ks])
+
+
+def test_unpredicted_grid_is_an_error():
+    """A solve whose times the controller does not compute from its step count
+    (`ConstantStepSize` with an infinite `t1`, which adds `dt0` to the previous
+    time) is caught by the forward pass's check: the gradient is an error, not a
+    wrong number."""
+    controller, dt0 = _controller("constant")
+    _, state = controller.init(None, 0.0, 2.0, None, dt0, None, None, None)
+    if not predicts_grid(controller, state):
+        pytest.skip("diffrax < 0.7.1: `ConstantStepSize` adds `dt0` at each step.")
+    term, y0, args = make_problem()
+
+    def loss(args):
+        sol = diffrax.diffeqsolve(
+            term,
+            ra.ReversibleHeun(),
+            0.0,
+            jnp.inf,
+            0.05,
+            y0,
+            args=args,
+            adjoint=ra.ReversibleAdjoint(),
+            max_steps=20,
+            throw=False,
+        )
+        return readout(sol.ys)
+
+    with pytest.raises(Exception, match="could not recompute the step times"):
+        eqx.filter_jit(jax.grad(loss))(args)
 
 
 def test_truncated_and_vmapped():
@@ -185,14 +214,20 @@ def _temp_bytes(num_steps, adjoint):
     return compiled.memory_analysis().temp_size_in_bytes
 
 
-def test_no_time_recorded_per_step():
-    """A two-component state, with `t1` differentiated (`D = 2` directions): from
-    1,000 to 20,000 steps, checkpoints every 100 add, per checkpoint, `y` and the
-    solver state (4 scalars) and the grid's few scalars (two times and the controller
-    state, 7 scalars, with tangents: 21), all float64. Allow twice that. A record of
-    every time would add `1 + D` scalars per step: 12 times more, 6 times the bound."""
+def test_memory_flat_in_steps():
+    """On a constant grid with `t1` differentiated (`D = 2` directions), from 1,000
+    to 20,000 steps: without checkpoints, the compiled gradient needs the same
+    memory (a record of every time would add 19,000 times `1 + D` scalars); with
+    checkpoints every 100 steps, it grows by the checkpoints only, `y` and the solver
+    state (4 float64 scalars) each; allow twice that. (A `StepTo` grid is itself an
+    array of the steps' size, which diffrax copies.)"""
+    controller, dt0 = _controller("constant")
+    _, state = controller.init(None, 0.0, 2.0, None, dt0, None, None, None)
+    if not predicts_grid(controller, state):
+        pytest.skip("diffrax < 0.7.1: `ConstantStepSize` adds `dt0` at each step.")
+    adjoint = ra.ReversibleAdjoint()
+    assert _temp_bytes(20_000, adjoint) == _temp_bytes(1_000, adjoint)
     adjoint = ra.ReversibleAdjoint(checkpoint_every=100)
     growth = _temp_bytes(20_000, adjoint) - _temp_bytes(1_000, adjoint)
-    bound = 2 * 8 * (4 + 21) * (20_000 - 1_000) // 100
+    bound = 2 * 8 * 4 * (20_000 - 1_000) // 100
     assert growth <= bound, growth
-    assert bound * 6 <= 8 * 3 * (20_000 - 1_000)

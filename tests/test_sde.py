@@ -413,3 +413,32 @@ def test_ito_solver_refused():
             args=args,
             adjoint=ra.ReversibleAdjoint(),
         )
+
+
+@pytest.mark.slow
+def test_vmap_different_step_counts():
+    """`jax.vmap` over solves that take different numbers of steps (here different
+    `t1`): the backward pass also runs for the solves it has already undone, and
+    must query their `VirtualBrownianTree` inside its range."""
+    terms, y0, args = _problem("general")
+
+    def loss(inputs, adjoint):
+        terms, y0, args = inputs
+
+        def one(t1):
+            sol = diffrax.diffeqsolve(
+                terms,
+                ra.ReversibleHeun(),
+                T0,
+                t1,
+                0.05,
+                y0,
+                args=args,
+                adjoint=adjoint,
+                max_steps=64,
+            )
+            return readout(sol.ys)
+
+        return jnp.sum(jax.vmap(one)(jnp.array([T1, T1 / 2])))
+
+    check_gradient_parity(loss, (terms, y0, args), nonzero=(0, 1, 2))

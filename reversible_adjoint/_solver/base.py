@@ -54,10 +54,11 @@ class AbstractReversibleSolver(diffrax.AbstractSolver):
 
     **Larger evaluations (optional).** A solver whose inverse reuses more than one
     vector-field evaluation overrides `evaluation`; its `t` is then whatever the
-    evaluation depends on besides `y`. `Reversible` does: its evaluation is a whole
-    step of its base method, and `t` the base step's `(t_start, t_end, control)`. Such
-    a solver implements `fused_step`, its `step` with every evaluation made by a given
-    function, and its `step` is `fused_step` with `evaluation`. It may make several
+    evaluation depends on besides `y`. `Reversible` does: its evaluation is a step of
+    its base method, as far as its solution needs, and `t` the base step's
+    `(t_start, t_end, control)`. Such a solver implements `fused_step`, its `step`
+    with every evaluation made by a given function, and its `step` is `fused_step`
+    with `evaluation`. It may make several
     evaluations per step (with `"same_step"`): `fused_backward_step` then makes each
     of them once, in any order, and returns their `aux` as a tuple in the order in
     which `fused_step` makes them. The backward pass linearises each evaluation once
@@ -65,8 +66,8 @@ class AbstractReversibleSolver(diffrax.AbstractSolver):
     through the stored linearisation, with a custom VJP. That replay is reverse-mode
     only, so forward-over-reverse (`jax.hessian`) cannot differentiate it; a solver
     that supports forward-over-reverse through its evaluation (as `Reversible` does
-    when its base method's stages can be differentiated in forward mode) leaves
-    `evaluation_reuse = None` there.
+    when given `scan_kind="lax"` or `"bounded"`) leaves `evaluation_reuse = None`
+    there.
 
     A `"previous_step"` solver may also set `affine_in_evaluation = True` if its
     `step`'s outputs (`y1`, solver state) are affine in the step's evaluation, through

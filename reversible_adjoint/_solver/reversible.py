@@ -14,36 +14,64 @@ the base method is called, and both directions go through it: each base step is 
 `evaluation` (in the sense of `AbstractReversibleSolver`), which `fused_step` and
 `fused_backward_step` make through the function they are given. `ReversibleAdjoint`
 makes each once, linearised, to reconstruct the step, and replays it to differentiate
-the step (`evaluation_reuse = "same_step"`).
+the step (`evaluation_reuse = "same_step"`). The step's error estimate and the
+forward base step's `dense_info` are computed apart (`_error_and_dense_info`), from
+what the evaluation passes on, so that a linearisation leaves out what only they need.
 
 Design notes.
-- `Ψ_{−h}(t1, ·)` is the base method's own `step` from `t1` back to `t0`. diffrax's
-    Runge–Kutta steps take `t1 < t0` as a negative increment: `terms.contr(t1, t0)`
-    is `t0 − t1` for an `ODETerm`, `W(t0) − W(t1)` for a Brownian control, and
-    `WrapTerm` (time-reversed solves) maps both orders consistently.
-- Each base step starts from a fresh `solver.init` with `made_jump=False`. A
-    first-same-as-last (FSAL) method therefore re-evaluates its first stage instead of
-    reusing the previous step's last one: the cached evaluation would be part of the
-    solver state, and it was made at a point (the end of a base step) that the inverse
-    never revisits. The wrapper's `solver_state` is `z` alone, which the inverse
-    rebuilds exactly.
-- The base method's stage loop. diffrax runs a Runge–Kutta method's stages in an
-    `equinox.internal.while_loop` of kind `scan_kind`; the default, `None`, is
-    `"checkpointed"`, a `custom_vjp` that forward mode cannot differentiate. diffrax's
-    `ForwardMode` and `DirectAdjoint` switch a solver that is an `AbstractRungeKutta`
-    with `scan_kind=None` to `"lax"` and `"bounded"`. `Reversible` is registered as a
-    virtual subclass of `AbstractRungeKutta` and has a `scan_kind` field of its own, so
-    that switch reaches it, and `_base_for_stepping` passes it on to a base method left
-    at `None`. Reverse-mode adjoints leave it at `None`: the base then runs exactly as
-    given (`"lax"` is the same loop undifferentiated, but cannot be reverse-mode
-    differentiated; `"bounded"` can be both, but compiles to different code, whose
-    output differs from the default's in the last bits, and costs reverse mode time,
-    see `benchmarks/scan_kind.py`).
-- `Ψ` is computed as (base step's output) − (its input). Round-off in that difference
-    is the same on the forward and backward passes, because both evaluate it at the
-    same arguments.
-- Dense output. `_increment` also returns the base step's `dense_info`, and `step`
-    returns the forward base step's as part of its own (`_ReversibleInterpolation`
+- `Ψ_{−h}(t1, ·)` is a step of the base method from `t1` back to `t0`. diffrax's
+    Runge–Kutta steps (and `_explicit_rk.py`) take `t1 < t0` as a negative
+    increment: `terms.contr(t1, t0)` is `t0 − t1` for an `ODETerm`, `W(t0) − W(t1)`
+    for a Brownian control, and `WrapTerm` (time-reversed solves) maps both orders
+    consistently.
+- Each base step starts afresh (one stepped by its own `step`, from a fresh
+    `solver.init` with `made_jump=False`). A first-same-as-last (FSAL) method
+    therefore evaluates its first stage instead of reusing the previous step's last
+    one: the cached evaluation would be part of the solver state, and it was made at
+    a point (the end of a base step) that the inverse never revisits. The wrapper's
+    `solver_state` is `z` alone, which the inverse rebuilds exactly.
+- The base method's stages. diffrax runs a Runge–Kutta method's stages in an
+    `equinox.internal.while_loop` of kind `scan_kind`. The default, `None`, is
+    `"checkpointed"`, a `custom_vjp` whose pullback evaluates every stage again and
+    which forward mode cannot differentiate; `"lax"`, the same loop, reverse mode
+    cannot differentiate; `"bounded"` both can, but it costs reverse mode time and
+    memory. A base method with one explicit Butcher tableau (every explicit
+    Runge–Kutta method in diffrax) is therefore stepped not by its `step` but by
+    `_explicit_rk.py`, which unrolls the stages from the tableau in Python: the same
+    stages, solution, error estimate and `dense_info` as diffrax's step, to round-off,
+    in plain JAX, which both modes differentiate, whose linearisation keeps every
+    stage's residuals, and whose pullback evaluates nothing again (on the problem of
+    `benchmarks/scan_kind.py`, `ReversibleAdjoint`'s gradient is 2.4 times faster with
+    `Midpoint` and 1.5 with `Tsit5` than with diffrax's default loop, for 1.3 and 2.6
+    times its memory, which does not grow with the steps). The forward
+    and backward base steps both go through it, so the inverse stays the algebraic
+    inverse of the step. `evaluation` makes the stages the solution needs; the others
+    (the last of a first-same-as-last method, which serves the error estimate and the
+    dense output only) are made by `_error_and_dense_info`, for the forward base step
+    only, and only if wanted: the compiled program leaves them out of a constant-step
+    solve without dense output, and a linearised evaluation does not hold them. Any
+    other base (`Euler`, which has no stage loop; an explicit method with a `step` of
+    its own) is stepped by its `step`.
+- `scan_kind`. diffrax's `ForwardMode` and `DirectAdjoint` switch a solver that is an
+    `AbstractRungeKutta` with `scan_kind=None` to `"lax"` and `"bounded"`.
+    `Reversible` is registered as a virtual subclass of `AbstractRungeKutta` and has a
+    `scan_kind` field of its own, so that switch reaches it, and `_base_for_stepping`
+    passes it on to a base method left at `None` (which matters to a base stepped by
+    its own `step`). An unrolled base ignores it, except that a forward-differentiable
+    kind (on the wrapper or the base) turns the fused backward step off, as below.
+- Fusing. `ReversibleAdjoint` replays a linearised base step with a custom VJP, which
+    is reverse-mode only (a custom JVP, which forward-over-reverse could differentiate,
+    would need `ReversibleAdjoint` to know that the linearisation can be transposed,
+    as the unrolled one can). So `evaluation_reuse` is `"same_step"` only when the
+    base's `scan_kind` (after `_base_for_stepping`) is `None` or `"checkpointed"`;
+    `"lax"` or `"bounded"` asks for forward-differentiable stepping, and gets the
+    unfused backward step, which `jax.hessian` can differentiate. `Euler` has no
+    `scan_kind`, and is never fused.
+- `Ψ` is `Σ b_i·k_i` for an unrolled base method, and (base step's output) − (its
+    input) for another. Either way its round-off is the same on the forward and
+    backward passes, because both compute it at the same arguments.
+- Dense output. `step` returns the forward base step's `dense_info` (from
+    `_error_and_dense_info`) as part of its own (`_ReversibleInterpolation`
     turns it into the dense output of the step from `y0` to `y1`). It is an output of
     `step` like `y1`, so `ReversibleAdjoint`, which differentiates `step`, carries the
     save times' cotangents through the base step's stages with no code of its own.
@@ -64,6 +92,8 @@ import jax.tree_util as jtu
 from jaxtyping import ArrayLike, PyTree
 
 from .._diffrax_internals import is_sde
+from . import _explicit_rk as explicit_rk
+from ._explicit_rk import explicit_tableau, solution_stages
 from .base import AbstractReversibleSolver, warn_at_caller
 
 _SolverState = PyTree  # the auxiliary state `z`, shaped like `y`
@@ -139,14 +169,24 @@ def _negate(control):
 
 def _increment(solver, terms, t_start, t_end, y, args):
     """`Ψ`: the increment of one step of the base method from `(t_start, y)` to
-    `t_end` (either side of `t_start`), with the step's error estimate, its dense
-    output's `dense_info`, and its result."""
+    `t_end` (either side of `t_start`), what `Reversible._error_and_dense_info` needs,
+    and the step's result. A method with one explicit Butcher tableau is stepped with
+    its stages unrolled, as far as its solution needs (`_explicit_rk.py`), and passes
+    those stages on; any other by its own `step`, and passes its error estimate and
+    `dense_info` on."""
+    tableau = explicit_tableau(solver)
+    if tableau is not None:
+        ks = explicit_rk.stages(
+            tableau, terms, t_start, t_end, y, args, stop=solution_stages(tableau)
+        )
+        increment = explicit_rk.increment(tableau, ks, y)
+        return increment, ks, diffrax.RESULTS.successful
     state = solver.init(terms, t_start, t_end, y, args)
     y_end, y_error, dense_info, _, result = solver.step(
         terms, t_start, t_end, y, args, state, False
     )
     increment = jtu.tree_map(lambda a, b: a - b, y_end, y)
-    return increment, y_error, dense_info, result
+    return increment, (y_error, dense_info), result
 
 
 def _shift(z, increment, sign):
@@ -306,36 +346,37 @@ class Reversible(AbstractReversibleSolver, diffrax.AbstractStratonovichSolver):
 
     **Autodiff.** Whatever the base method, the wrapper works with `ForwardMode` (so
     `jax.jvp` and `jax.jacfwd` too), `DirectAdjoint` (both modes),
-    `RecursiveCheckpointAdjoint` and `ReversibleAdjoint`. diffrax runs a Runge–Kutta
-    method's stages in a loop of kind `scan_kind`, whose default (`None`) reverse mode
-    can differentiate but forward mode cannot; diffrax's `ForwardMode` and
-    `DirectAdjoint` switch it to `"lax"` and `"bounded"`. They switch the wrapper's
-    `scan_kind` field, which it passes on to a base method left at `None`: the wrapper
-    behaves as its base method would. Reverse-mode adjoints leave it at `None`, and the
-    base method runs as given. (Stepping the base with `"bounded"` always, which both
-    modes can differentiate, would cost reverse mode 1.1 to 2 times the time and 1.6
-    to 4.9 times the memory: `benchmarks/scan_kind.py`.) `BacksolveAdjoint` works
-    when saving at `t1` only: with `SaveAt(ts=...)` it restarts its backward solve at
-    each save time with the previous solve's `solver_state`, here a `z` that missed
-    the jump it makes in `y`, and its gradients are wrong (as they are for diffrax's
-    `ReversibleHeun`).
+    `RecursiveCheckpointAdjoint` and `ReversibleAdjoint`. A base method with one
+    explicit Butcher tableau (all of diffrax's explicit Runge–Kutta methods) is
+    stepped with its stages unrolled from the tableau, which both modes can
+    differentiate; it gives what the method's own `step` gives, to round-off. (diffrax
+    runs the stages in a loop of kind `scan_kind`, whose default forward mode cannot
+    differentiate; its `ForwardMode` and `DirectAdjoint` switch that to `"lax"` and
+    `"bounded"`, and switch the wrapper's `scan_kind` field too, which it passes on to
+    a base method left at `None`, for a base stepped by its own `step`.) With
+    `ReversibleAdjoint` the backward step is fused (see "Cost"), and replays each base
+    step in reverse mode only: forward-over-reverse (`jax.hessian`, Hessian-vector
+    products) needs the unfused backward step, which `scan_kind="lax"` or
+    `"bounded"` (on the wrapper or on the base) selects, at the cost of two more base
+    steps per backward step. `BacksolveAdjoint` works when saving at `t1` only: with
+    `SaveAt(ts=...)` it restarts its backward solve at each save time with the
+    previous solve's `solver_state`, here a `z` that missed the jump it makes in `y`,
+    and its gradients are wrong (as they are for diffrax's `ReversibleHeun`).
 
     **Cost.** Two base steps per step forward: `2s` vector-field evaluations for an
-    `s`-stage base method (first-same-as-last reuse is not possible: `Tsit5` and
-    `Dopri5` cost 7 evaluations per base step, 14 per step). Backward with
-    `ReversibleAdjoint`, fused: the two base steps that reconstruct a step are made
-    once each, with `jax.vjp`, and their linearisations pull the cotangents back
-    through the step; so a backward step costs two base steps and the pullbacks of two
-    (diffrax's checkpointed stage loop recomputes each stage in its pullback: `2s`
-    more evaluations, and `2s` transposes), where inverting and then differentiating
-    the step would cost two more base steps. On the MLP neural ODE of
-    `benchmarks/adjoints.py` (2000 steps, CPU) a gradient cost 5.6 forward passes
-    with `Midpoint` (6.3 unfused), as much as `RecursiveCheckpointAdjoint` storing
-    every step, and 4.8 with `Tsit5` (6.6 unfused), a little less. A base method
-    whose stages run in a loop that forward mode can differentiate
-    (`scan_kind="bounded"`, or `Euler`, which has no loop) is not fused: the replay
-    of a base step is reverse-mode only, and unfused, the backward pass can itself be
-    differentiated in forward mode (`jax.hessian`).
+    `s`-stage base method (first-same-as-last reuse is not possible; the last stage of
+    such a method, the seventh of `Tsit5` and `Dopri5`, serves only the error estimate
+    and the dense output, so a solve with constant steps and no save time inside a
+    step leaves it out: 12 evaluations per step). Backward with `ReversibleAdjoint`,
+    fused: the two base steps that reconstruct a step are made once each, with
+    `jax.vjp`, and their linearisations pull the cotangents back through the step,
+    evaluating no stage again; so a backward step costs two base steps and the
+    pullbacks of two, where inverting and then differentiating the step would cost two
+    more base steps. On the MLP neural ODE of `benchmarks/adjoints.py` (2000 steps,
+    CPU) a gradient cost 3.8 forward passes with `Midpoint` and 4.8 with `Tsit5`, as
+    much time as `RecursiveCheckpointAdjoint` storing every step, in O(1) memory.
+    `Euler`, and a base whose `scan_kind` is `"lax"` or `"bounded"`, are not fused
+    (see "Autodiff").
 
     **Stability.** On `y' = σy`, with `w = hσ` and an exact base step, the one-step
     matrix has eigenvalues `e^w` (the solution) and `λ·e^(−w)` (a spurious mode), and
@@ -389,9 +430,12 @@ class Reversible(AbstractReversibleSolver, diffrax.AbstractStratonovichSolver):
         - `coupling`: `λ ∈ (0, 1]`. The default `0.999` suits solves of up to a few
             thousand steps; see "Choosing the coupling" above. Values below `0.99`
             warn.
-        - `scan_kind`: how the base method's stages are looped over, when the base
-            method leaves its own `scan_kind` at `None`; see "Autodiff" above. Leave it
-            at `None`: diffrax's `ForwardMode` and `DirectAdjoint` set it themselves.
+        - `scan_kind`: passed on to a base method that leaves its own at `None`: how
+            the stages of a base stepped by its own `step` are looped over. `"lax"`
+            or `"bounded"` also turns off `ReversibleAdjoint`'s fused backward step,
+            for forward-over-reverse (`jax.hessian`); see "Autodiff" above.
+            Otherwise leave it at `None`: diffrax's `ForwardMode` and `DirectAdjoint`
+            set it themselves.
         """
         _check_base_solver(solver)
         if scan_kind not in _SCAN_KINDS:
@@ -436,8 +480,8 @@ class Reversible(AbstractReversibleSolver, diffrax.AbstractStratonovichSolver):
     @property
     def evaluation_reuse(self):  # pyright: ignore
         # Fused (`ReversibleAdjoint` reuses each base step it makes to reconstruct a
-        # step when differentiating it) when the base method's stages run in a
-        # checkpointed loop, as they do by default; see "Cost" above.
+        # step when differentiating it) unless a forward-differentiable `scan_kind` asks
+        # for a backward pass that forward mode can differentiate; see "Autodiff".
         base = self._base_for_stepping()
         if isinstance(base, diffrax.AbstractRungeKutta) and base.scan_kind in (
             None,
@@ -489,12 +533,25 @@ class Reversible(AbstractReversibleSolver, diffrax.AbstractStratonovichSolver):
         """One step of the base method, the unit that `ReversibleAdjoint` reuses (see
         [`reversible_adjoint.AbstractReversibleSolver`][]): from `(t_start, y)` to
         `t_end`, driven by `control`, where `t = (t_start, t_end, control)`. Returns
-        what `_increment` returns: `Ψ`, the error estimate, the dense output's
-        `dense_info` and the result."""
+        `Ψ`, what `_error_and_dense_info` needs to give the step's error estimate and
+        `dense_info` (the stages of an unrolled base method), and the result."""
         t_start, t_end, control = t
         base = self._base_for_stepping()
         terms = _GivenControl(terms, control)
         return _increment(base, terms, t_start, t_end, y, args)
+
+    def _error_and_dense_info(self, terms, t, y, args, increment, passed):
+        """The error estimate and `dense_info` of the base step that `evaluation` made
+        at `(t, y)`, from its output. Apart from the evaluation, so that a replayed
+        evaluation's linearisation leaves out what only they need."""
+        tableau = explicit_tableau(self._base_for_stepping())
+        if tableau is None:
+            return passed  # The base step's own.
+        t_start, t_end, control = t
+        terms = _GivenControl(terms, control)
+        return explicit_rk.error_and_dense_info(
+            tableau, terms, t_start, t_end, y, args, passed, increment
+        )
 
     def step(
         self, terms, t0, t1, y0, args, solver_state: _SolverState, made_jump
@@ -514,11 +571,12 @@ class Reversible(AbstractReversibleSolver, diffrax.AbstractStratonovichSolver):
         self._check_terms(terms)
         z0 = solver_state
         control = terms.contr(t0, t1)
-        forward, y_error, forward_dense, result_forward = evaluate(
-            (t0, t1, control), z0
+        forward, passed, result_forward = evaluate((t0, t1, control), z0)
+        y_error, forward_dense = self._error_and_dense_info(
+            terms, (t0, t1, control), z0, args, forward, passed
         )
         y1 = _couple(y0, z0, forward, self.coupling)
-        backward, _, _, result_backward = evaluate((t1, t0, _negate(control)), y1)
+        backward, _, result_backward = evaluate((t1, t0, _negate(control)), y1)
         z1 = _shift(z0, backward, -1)
         result = diffrax.RESULTS.where(
             result_forward == diffrax.RESULTS.successful,
