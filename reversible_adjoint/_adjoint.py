@@ -35,10 +35,15 @@ import jax.tree_util as jtu
 
 from ._adjoint_term import AdjointTerm, ForwardingTerm
 from ._backward import Residuals, backward
-from ._diffrax_internals import WrapTerm, is_sde, is_unsafe_sde, save_y
+from ._diffrax_internals import (
+    WrapTerm,
+    check_events_supported,
+    is_sde,
+    is_unsafe_sde,
+    save_y,
+)
 from ._drift import default_drift_rtol, narrowest_dtype
 from ._event import (
-    check_event_supported,
     finish,
     forward_event,
     run_loop_only,
@@ -383,7 +388,9 @@ def _check_supported(
     """Raises a clear error, at trace time, for what `ReversibleAdjoint` does not
     support, naming the alternative."""
     if event is not None:
-        check_event_supported(event, terms)
+        # Events on SDEs are supported where the SDE is: what is refused for SDEs is
+        # refused with or without an event, by the checks below.
+        check_events_supported()
     if saveat.dense:
         raise NotImplementedError(
             "`adjoint=ReversibleAdjoint()` does not support `SaveAt(dense=True)`: "

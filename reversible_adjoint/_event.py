@@ -46,8 +46,6 @@ import equinox as eqx
 import jax.lax as lax
 import jax.tree_util as jtu
 
-from ._diffrax_internals import check_events_supported
-
 
 class _Condition(eqx.Module):
     """One `cond_fn` of an `Event` as the loop inside the custom VJP calls it:
@@ -126,12 +124,3 @@ def finish(loop: Callable, loop_state, **kwargs):
         return loop_state
 
     return loop(outer_while_loop=ended, **kwargs)
-
-
-def check_event_supported(event: diffrax.Event, terms):
-    """Raises a clear error, at trace time, for events `ReversibleAdjoint` does not
-    support: any event with a diffrax older than 0.7.2. Events on SDEs are supported
-    where the SDE is (see the module docstring); what is refused for SDEs is refused
-    with or without an event, by the checks that follow this one."""
-    del event, terms
-    check_events_supported()

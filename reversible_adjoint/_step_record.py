@@ -83,14 +83,19 @@ class StepRecord(eqx.Module):
         return StepRecord(ts, tangents, num_accepted)
 
 
+def _with_array_counters(controller_state):
+    """`controller_state` with its Python integers (`StepTo`'s initial index) as
+    arrays."""
+    return jtu.tree_map(
+        lambda x: jnp.asarray(x) if isinstance(x, int) else x, controller_state
+    )
+
+
 def _split_counters(controller_state):
     """`(counters, rest)`: the integer leaves of a controller state (as arrays), and
     the rest."""
-    state = jtu.tree_map(
-        lambda x: jnp.asarray(x) if isinstance(x, int) else x, controller_state
-    )
     is_counter = lambda x: eqx.is_array(x) and jnp.issubdtype(x.dtype, jnp.integer)
-    return eqx.partition(state, is_counter)
+    return eqx.partition(_with_array_counters(controller_state), is_counter)
 
 
 def predicts_grid(controller, controller_state) -> bool:
@@ -435,10 +440,7 @@ def init_recording(
         record = PredictedRecord(
             start_ts=start_ts,
             start_tangents=start_tangents.at[0].set(first_tangent),
-            state0=jtu.tree_map(
-                lambda x: jnp.asarray(x) if isinstance(x, int) else x,
-                controller_state,
-            ),
+            state0=_with_array_counters(controller_state),
             state0_tangents=None if tangents is None else tangents[2],
             counter_step=jtu.tree_map(jnp.zeros_like, counters),
             num_accepted=jnp.array(0, dtype=jnp.int32),
