@@ -54,13 +54,35 @@ from ._diffrax_internals import is_sde
 from ._solver.base import AbstractReversibleSolver, overrides_evaluation
 
 
-def _linearise(solver, terms, t, y, args):
+class Differentiate(NamedTuple):
+    """Which leaves of `args` and of `terms` a backward pass differentiates: `True`
+    for every inexact array, or a PyTree of bools, a prefix of `args` (`terms`), as
+    `equinox.partition` takes it. The others are held constant, and their
+    cotangents are `None`."""
+
+    args: Any = True
+    terms: Any = True
+
+    def point(self, t, y, args, terms):
+        """`(t, y, args, terms)`, with what is held constant replaced by `None`."""
+        return t, y, eqx.filter(args, self.args), eqx.filter(terms, self.terms)
+
+
+def _linearise(solver, terms, t, y, args, differentiate):
     """Makes one evaluation, `solver.evaluation(terms, t, y, args)` (by default
     `terms.vf(t, y, args)`), and returns its value and its pullback with respect to
-    `t`, `y`, `args` and the parameters inside `terms`."""
-    return eqx.filter_vjp(
-        lambda _t, _y, _a, _tm: solver.evaluation(_tm, _t, _y, _a), t, y, args, terms
-    )
+    `differentiate.point(t, y, args, terms)`: `t`, `y`, and the leaves of `args`
+    and of `terms` that are differentiated. The pullback is an `equinox.Module` whose
+    array leaves are the linearisation's residuals."""
+    args, args_constant = eqx.partition(args, differentiate.args)
+    terms, terms_constant = eqx.partition(terms, differentiate.terms)
+
+    def evaluation(_t, _y, _args, _terms):
+        _args = eqx.combine(_args, args_constant)
+        _terms = eqx.combine(_terms, terms_constant)
+        return solver.evaluation(_terms, _t, _y, _args)
+
+    return eqx.filter_vjp(evaluation, t, y, args, terms)
 
 
 class _Linearisation(NamedTuple):
@@ -151,12 +173,12 @@ def _replay_vjp(point, value, pullback):
     return eqx.combine(replay(dynamic, diff_value, pullback), nondiff_value)
 
 
-def _replaying(replays, args, terms, own_evaluation):
+def _replaying(replays, args, terms, own_evaluation, differentiate):
     """The `evaluate` that `fused_step` is given to differentiate a step: its `i`-th
     call returns the `i`-th of `replays`, pairs `(value, pullback)` in the order in
     which the step evaluates, differentiated through `pullback` (or held constant if it
-    is `None`). A solver-defined evaluation (`own_evaluation`) is replayed by
-    `_replay_vjp`, the vector field by `_replay`."""
+    is `None`) with respect to what `differentiate` flags. A solver-defined evaluation
+    (`own_evaluation`) is replayed by `_replay_vjp`, the vector field by `_replay`."""
     replays = iter(replays)
     replay = _replay_vjp if own_evaluation else _replay
 
@@ -164,7 +186,7 @@ def _replaying(replays, args, terms, own_evaluation):
         value, pullback = next(replays)
         if pullback is None:
             return value
-        return replay((t, y, args, terms), value, pullback)
+        return replay(differentiate.point(t, y, args, terms), value, pullback)
 
     return evaluate
 
@@ -305,11 +327,12 @@ class _Reconstruction(NamedTuple):
     settles: tuple | None
 
 
-def _fused_inverse(solver, known, terms, t0, t1, y1, args, solver_state):
-    """`solver.fused_backward_step`, whose evaluations are linearisations."""
+def _fused_inverse(solver, known, terms, t0, t1, y1, args, solver_state, diff):
+    """`solver.fused_backward_step`, whose evaluations are linearisations with
+    respect to what `diff` (a `Differentiate`) flags."""
 
     def evaluate(t, y):
-        value, pullback = _linearise(solver, terms, t, y, args)
+        value, pullback = _linearise(solver, terms, t, y, args, diff)
         return value, _Linearisation(value, pullback)
 
     return solver.fused_backward_step(evaluate, known, t0, t1, y1, args, solver_state)
@@ -333,11 +356,15 @@ class _SameStep(eqx.Module):
     """`evaluation_reuse="same_step"`: the inverse evaluates where the step did, and
     its linearisations are replayed by the same step's pullback."""
 
+    differentiate: Differentiate
+
     def init(self, solver, terms, t0, t1, y1, args, state1, ct_y1, ct_state1, active):
         return None, _NO_END_COTANGENTS
 
     def reconstruct(self, solver, known, terms, t0, t1, y1, args, state1, carry, tp):
-        y0, state0, lin = _fused_inverse(solver, known, terms, t0, t1, y1, args, state1)
+        y0, state0, lin = _fused_inverse(
+            solver, known, terms, t0, t1, y1, args, state1, self.differentiate
+        )
         # One evaluation's linearisation, or a tuple of them in the step's order.
         replay = (lin,) if isinstance(lin, _Linearisation) else tuple(lin)
         return _Reconstruction(y0, state0, replay, None, None)
@@ -348,14 +375,16 @@ class _Carried(eqx.Module):
     k-1 did; its linearisation is carried to the next backward step, which undoes
     step k-1 and replays it. (`init` makes the one for the last step.)"""
 
+    differentiate: Differentiate
+
     def init(self, solver, terms, t0, t1, y1, args, state1, ct_y1, ct_state1, active):
         t, y = solver.last_evaluation(terms, t1, state1)
-        value, pullback = _linearise(solver, terms, t, y, args)
+        value, pullback = _linearise(solver, terms, t, y, args, self.differentiate)
         return (value, _residuals(pullback, (args, terms))), _NO_END_COTANGENTS
 
     def reconstruct(self, solver, known, terms, t0, t1, y1, args, state1, carry, tp):
         y0, state0, (value0, pullback0) = _fused_inverse(
-            solver, known, terms, t0, t1, y1, args, state1
+            solver, known, terms, t0, t1, y1, args, state1, self.differentiate
         )
         value, residuals = carry
         replay = ((value, _with_residuals(pullback0, residuals)),)
@@ -369,9 +398,11 @@ class _Settled(eqx.Module):
     just made (`_settle`), and step k-1 is then differentiated with that evaluation
     held constant; only its value is carried. (`init` settles the last step's.)"""
 
+    differentiate: Differentiate
+
     def init(self, solver, terms, t0, t1, y1, args, state1, ct_y1, ct_state1, active):
         t, y = solver.last_evaluation(terms, t1, state1)
-        value, pullback = _linearise(solver, terms, t, y, args)
+        value, pullback = _linearise(solver, terms, t, y, args, self.differentiate)
         cts = _settle(
             solver,
             terms,
@@ -389,13 +420,13 @@ class _Settled(eqx.Module):
 
     def reconstruct(self, solver, known, terms, t0, t1, y1, args, state1, carry, tp):
         y0, state0, lin0 = _fused_inverse(
-            solver, known, terms, t0, t1, y1, args, state1
+            solver, known, terms, t0, t1, y1, args, state1, self.differentiate
         )
         value0, _ = lin0
         return _Reconstruction(y0, state0, ((carry, None),), value0, lin0)
 
 
-def _with_known_control(terms, t0, t1, with_time):
+def _with_known_control(terms, t0, t1, with_time, differentiate):
     """Queries the control of a single term over `(t0, t1)` once, for the inverse and
     the differentiated step to share (`_KnownControl`). Returns the control, its
     pullback, and how to attach it to a term; for several terms (e.g.
@@ -405,7 +436,7 @@ def _with_known_control(terms, t0, t1, with_time):
     control, control_pullback = filter_vjp(
         lambda _t0, _t1, _terms: _terms.contr(_t0, _t1),
         (t0, t1, terms),
-        (with_time, with_time, True),
+        (with_time, with_time, differentiate.terms),
     )
     return control, control_pullback, _KnownControl
 
@@ -438,9 +469,19 @@ class AdjointTerm(eqx.Module):
     **Arguments:**
 
     - `solver`: the reversible solver whose steps are undone.
+    - `differentiate`: which leaves of `args` and of the terms to differentiate: a
+        pair `(args, terms)` of `True` (every inexact array, the default) or PyTrees
+        of bools, prefixes of `args` and of the terms (as `equinox.partition` takes
+        them). The others are held constant, and their cotangents are `None`.
+        `ReversibleAdjoint` differentiates what the caller of the solve perturbs, so
+        that an array in `args` that is not differentiated costs the backward pass
+        nothing.
     """
 
     solver: AbstractReversibleSolver
+    differentiate: Differentiate = eqx.field(
+        default=Differentiate(), converter=lambda pair: Differentiate(*pair)
+    )
 
     def _mode(self, terms, with_dense: bool):
         """How each backward step gets the step's evaluation (module docstring)."""
@@ -448,7 +489,7 @@ class AdjointTerm(eqx.Module):
         if reuse is None:
             return _Unfused()
         if reuse == "same_step":
-            return _SameStep()
+            return _SameStep(self.differentiate)
         if reuse != "previous_step":
             raise ValueError(f"Unknown `evaluation_reuse={reuse!r}`.")
         if overrides_evaluation(self.solver):
@@ -461,8 +502,8 @@ class AdjointTerm(eqx.Module):
         # last evaluation, and the backward step needs no dense output and can query
         # the control again cheaply (no Brownian motion).
         if self.solver.affine_in_evaluation and not with_dense and not is_sde(terms):
-            return _Settled()
-        return _Carried()
+            return _Settled(self.differentiate)
+        return _Carried(self.differentiate)
 
     def init(
         self,
@@ -551,9 +592,10 @@ class AdjointTerm(eqx.Module):
         output, the step's pullback, and the carry for the step before.
         """
         solver = self.solver
+        differentiate = self.differentiate
         mode = self._mode(terms, with_dense)
         control, control_pullback, with_control = _with_known_control(
-            terms, t0, t1, with_time
+            terms, t0, t1, with_time, differentiate
         )
         known = with_control(terms, t0, t1, control)
         rec = mode.reconstruct(
@@ -570,7 +612,7 @@ class AdjointTerm(eqx.Module):
                 step = solver.step(*inputs)
             else:
                 own = overrides_evaluation(solver)
-                evaluate = _replaying(rec.replay, _args, _terms, own)
+                evaluate = _replaying(rec.replay, _args, _terms, own, differentiate)
                 step = solver.fused_step(evaluate, *inputs)
             _y1, _, _dense_info, _solver_state1, _ = step
             if with_dense:
@@ -580,7 +622,15 @@ class AdjointTerm(eqx.Module):
         outputs, step_pullback = filter_vjp(
             _step,
             (y0, solver_state0, t0, t1, args, terms, control),
-            (True, True, with_time, with_time, True, True, True),
+            (
+                True,
+                True,
+                with_time,
+                with_time,
+                differentiate.args,
+                differentiate.terms,
+                True,
+            ),
         )
         dense_info = outputs[2] if with_dense else None
 

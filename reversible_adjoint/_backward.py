@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 from jaxtyping import Array, PyTree
 
-from ._adjoint_term import AdjointTerm
+from ._adjoint_term import AdjointTerm, Differentiate
 from ._cotangents import (
     add,
     entry,
@@ -124,7 +124,11 @@ class _Context(eqx.Module):
     """What every stage of one backward pass reads, and none changes.
 
     - `terms`, `args`: as solved.
-    - `adjoint_term`: undoes one step (the solver's `AdjointTerm`).
+    - `differentiate`: which leaves of `args` and of `terms` are differentiated (those
+        the caller perturbs; a `Differentiate`). The cotangents of the others are
+        `None` throughout.
+    - `adjoint_term`: undoes one step (the solver's `AdjointTerm`, differentiating
+        the same).
     - `interpolation_cls`: the solver's dense interpolation.
     - `subs`: each `SubSaveAt` (`Sub`).
     - `with_time`: whether to differentiate with respect to the step times (only if
@@ -146,6 +150,7 @@ class _Context(eqx.Module):
 
     terms: PyTree
     args: PyTree
+    differentiate: Differentiate
     adjoint_term: AdjointTerm
     interpolation_cls: Any = eqx.field(static=True)
     subs: list
@@ -159,6 +164,10 @@ class _Context(eqx.Module):
     checkpoints: Any
     every: int = eqx.field(static=True)
     event_dense: PyTree | None = None
+
+    def zero_args(self):
+        """A zero cotangent of `args`."""
+        return zeros_like_inexact(eqx.filter(self.args, self.differentiate.args))
 
     def add_time(self, a_time: TimeCotangent, ct_t, k, times) -> TimeCotangent:
         """Adds the cotangent `ct_t` of the accepted time `times.time(k)`."""
@@ -185,13 +194,14 @@ class _BackwardCarry(eqx.Module):
     drift: DriftRecord | None
 
 
-def _save_pullback(fn, t, y, args, ct, with_time):
+def _save_pullback(ctx: "_Context", fn, t, y, ct, with_time):
     """Cotangents of `(t, y, args, fn)`, given the cotangent `ct` of `fn(t, y, args)`
-    (`None` for `t` unless `with_time`)."""
+    (`None` for `t` unless `with_time`, and for what is not differentiated in
+    `args`)."""
     _, pullback = filter_vjp(
         lambda _t, _y, _a, _f: _f(_t, _y, _a),
-        (t, y, args, fn),
-        (with_time, True, True, True),
+        (t, y, ctx.args, fn),
+        (with_time, True, ctx.differentiate.args, True),
     )
     return pullback(ct)
 
@@ -207,7 +217,7 @@ def _pull_back_step_saves(ctx: _Context, j, t_j1, y_j1, a_subs):
     of `(y_j1, t_j1, args)`, and `a_subs` with those of `fn` added."""
     c_y = zeros_like_inexact(y_j1)
     c_t = ctx.zero_time
-    c_args = zeros_like_inexact(ctx.args)
+    c_args = ctx.zero_args()
     for i, sub in enumerate(ctx.subs):
         if sub.layout.steps == 0:
             continue
@@ -215,7 +225,7 @@ def _pull_back_step_saves(ctx: _Context, j, t_j1, y_j1, a_subs):
         index = sub.layout.steps_index(j, t_j1)
         ct = mask(entry(sub.ct_ys, index), due)
         s_t, s_y, s_args, s_fn = _save_pullback(
-            sub.fn, t_j1, y_j1, ctx.args, ct, ctx.with_time
+            ctx, sub.fn, t_j1, y_j1, ct, ctx.with_time
         )
         c_y = add(c_y, s_y)
         c_t = c_t + or_zero(s_t, ctx.zero_time) + jnp.where(due, sub.ct_ts[index], 0)
@@ -251,7 +261,14 @@ def _pull_back_snapshots(ctx: _Context, k, t_k, t_k1, dense_info, a_args, a_subs
             _, pullback = filter_vjp(
                 snapshot,
                 (sub.layout.ts[i], t_k, t_k1, dense_info, ctx.args, sub.fn),
-                (sub.ts_perturbed, with_time, with_time, True, True, True),
+                (
+                    sub.ts_perturbed,
+                    with_time,
+                    with_time,
+                    True,
+                    ctx.differentiate.args,
+                    True,
+                ),
             )
             c_t, c_tk, c_tk1, c_dense, c_args, c_fn = pullback(entry(sub.ct_ys, index))
             ct_t = or_zero(c_t, ctx.zero_time) + sub.ct_ts[index]
@@ -325,8 +342,8 @@ def _pull_back_end(ctx, grad_state, residuals, times, controller_state, drift, e
     t_final = times.time(num_accepted)
     a_y = materialise(grad_state.y, y_final)
     a_state = materialise(grad_state.solver_state, state_final)
-    a_args = zeros_like_inexact(ctx.args)
-    a_terms = zeros_like_inexact(ctx.terms)
+    a_args = ctx.zero_args()
+    a_terms = zeros_like_inexact(eqx.filter(ctx.terms, ctx.differentiate.terms))
     # `a_t_final`: the cotangent of the final time as the loop saved it (clipped to
     # `t1`); see `_step_record.py`.
     a_t_final = or_zero(grad_state.tprev, zero)
@@ -338,7 +355,7 @@ def _pull_back_end(ctx, grad_state, residuals, times, controller_state, drift, e
         index = sub.layout.t1_index(num_accepted, t_final, ctx.t0_equals_t1)
         ct = mask(entry(sub.ct_ys, index), saved)
         c_t, c_y, c_args, c_fn = _save_pullback(
-            sub.fn, t_final, y_final, ctx.args, ct, ctx.with_time
+            ctx, sub.fn, t_final, y_final, ct, ctx.with_time
         )
         a_y = add(a_y, c_y)
         a_t_final = a_t_final + or_zero(c_t, zero)
@@ -511,9 +528,7 @@ def _pull_back_start(ctx: _Context, carry: _BackwardCarry, y0, t0, t0_perturbed)
             )
         if ct is None:
             continue
-        c_t, c_y, c_args, c_fn = _save_pullback(
-            sub.fn, t0, y0, ctx.args, ct, t0_perturbed
-        )
+        c_t, c_y, c_args, c_fn = _save_pullback(ctx, sub.fn, t0, y0, ct, t0_perturbed)
         a_y = add(a_y, c_y)
         a_t0 = a_t0 + or_zero(c_t, ctx.zero_time) + ct_time
         a_args = add(a_args, c_args)
@@ -631,10 +646,17 @@ def backward(
         )
     else:
         event = None
+    # Only what the caller perturbs: an array of `args` that is not differentiated
+    # would otherwise cost the backward pass a cotangent of its size, computed at every
+    # step.
+    differentiate = Differentiate(perturbed["args"], perturbed["terms"])
     ctx = _Context(
         terms=inputs["terms"],
         args=inputs["args"],
-        adjoint_term=static.adjoint_term,
+        differentiate=differentiate,
+        adjoint_term=dataclasses.replace(
+            static.adjoint_term, differentiate=differentiate
+        ),
         interpolation_cls=static.solver.interpolation_cls,
         subs=subs,
         with_time=t1_tangent.shape[0] > 0 or grid_perturbed,

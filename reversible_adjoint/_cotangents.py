@@ -59,24 +59,36 @@ def entry(tree, i):
 
 
 def filter_vjp(fn, args, differentiate):
-    """`eqx.filter_vjp(fn, *args)`, differentiating only the arguments whose flag in
-    `differentiate` is `True` (the others are closed over, and get `None`).
+    """`eqx.filter_vjp(fn, *args)`, differentiating only what `differentiate` flags:
+    one flag per argument, `True`, `False`, or a PyTree of bools that is a prefix of
+    the argument (as `equinox.partition` takes it) to differentiate some of its leaves
+    only. What is not differentiated is closed over, and its cotangent is `None`.
 
-    Not differentiating a time that nobody asked about matters: an SDE's Brownian
-    motion, for one, cannot be differentiated with respect to time.
+    Not differentiating what nobody asked about matters: an SDE's Brownian motion, for
+    one, cannot be differentiated with respect to time; and the cotangent of an array
+    in `args` that is not differentiated would cost the backward pass its size and
+    its computation at every step.
     """
-    diff_args = [arg for arg, flag in zip(args, differentiate, strict=True) if flag]
+    parts = [
+        (None, arg) if flag is False else eqx.partition(arg, flag)
+        for arg, flag in zip(args, differentiate, strict=True)
+    ]
+    flagged = [flag is not False for flag in differentiate]
+    diff_args = [diff for (diff, _), flag in zip(parts, flagged) if flag]
 
     def partial(*diff):
         diff = iter(diff)
         return fn(
-            *[next(diff) if flag else arg for arg, flag in zip(args, differentiate)]
+            *[
+                eqx.combine(next(diff), const) if flag else const
+                for (_, const), flag in zip(parts, flagged)
+            ]
         )
 
     out, pullback = eqx.filter_vjp(partial, *diff_args)
 
     def pullback_all(ct):
         cts = iter(pullback(ct))
-        return tuple(next(cts) if flag else None for flag in differentiate)
+        return tuple(next(cts) if flag else None for flag in flagged)
 
     return out, pullback_all

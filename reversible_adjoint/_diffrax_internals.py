@@ -40,6 +40,7 @@ import warnings
 
 import diffrax
 import equinox.internal as eqxi
+import jax.lax as lax
 import jax.numpy as jnp
 from diffrax._heuristics import is_sde, is_unsafe_sde
 from diffrax._integrate import SaveState, _clip_to_end
@@ -136,14 +137,12 @@ def save_every(sub) -> int:
 def clip_floor(t1):
     """The threshold above which diffrax's loop rounds `tnext` to `t1`, computed as the
     loop computes it: `t1` less 100 ULPs (before 0.7.1: `t1` less a fixed tolerance,
-    which `clip_to_end` applies itself)."""
+    which `clip_to_end` applies itself). The same 100 steps down as diffrax's, in a
+    loop traced once rather than 100 times."""
     if _RELEASE < _INT_STEPS_AND_ULP_CLIP:
         tol = 1e-10 if jnp.result_type(t1) == jnp.dtype("float64") else 1e-6
         return t1 - tol
-    floor = t1
-    for _ in range(100):
-        floor = eqxi.prevbefore(floor)
-    return floor
+    return lax.fori_loop(0, 100, lambda _, floor: eqxi.prevbefore(floor), t1)
 
 
 def clip_to_end(tprev, tnext, t1, t1_clip_floor, keep_step):

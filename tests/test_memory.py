@@ -1,13 +1,17 @@
-"""Compiled memory of the gradient is flat in the number of steps, apart from the
-record of accepted step times (`max_steps` scalars)."""
+"""Compiled memory of the gradient: flat in the number of steps, apart from the
+record of accepted step times (`max_steps` scalars); nothing for what is not
+differentiated."""
 
 import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
+import pytest
 
 import reversible_adjoint as ra
+
+from .helpers import assert_nonzero, max_relative_error
 
 
 def _temp_bytes(adjoint, num_steps, differentiate_times=False):
@@ -57,3 +61,69 @@ def test_memory_flat_in_steps_with_time_gradients():
     small, _ = _temp_bytes(ra.ReversibleAdjoint(), 100, differentiate_times=True)
     large, _ = _temp_bytes(ra.ReversibleAdjoint(), 10_000, differentiate_times=True)
     assert large - small <= 2 * 3 * 8 * (10_000 - 100), (small, large)
+
+
+def _constant_matrix_problem(solver, saveat):
+    """A solve whose `args` hold a large matrix `W` and a scalar `s`, and whose term
+    holds a parameter `c`; the loss is differentiated with respect to `y0` and `s`
+    only (`W` and `c` are inputs of the jitted function, but not differentiated)."""
+    size = 512
+    W = jr.normal(jr.PRNGKey(0), (size, size)) / size**0.5
+
+    class Field(eqx.Module):
+        c: jax.Array
+
+        def __call__(self, t, y, args):
+            return self.c * jnp.tanh(args["W"] @ y) * args["s"] * jnp.cos(t)
+
+    def loss(y0, s, W, c, adjoint):
+        sol = diffrax.diffeqsolve(
+            diffrax.ODETerm(Field(c)),
+            solver,
+            0.0,
+            1.0,
+            0.05,
+            y0,
+            args={"W": W, "s": s},
+            saveat=saveat,
+            adjoint=adjoint,
+            max_steps=64,
+        )
+        return jnp.sum(sol.ys**2)
+
+    inputs = (jnp.linspace(-1.0, 1.0, size), jnp.array(0.7), W, jnp.array(1.3))
+    return loss, inputs, W.size * W.dtype.itemsize
+
+
+@pytest.mark.parametrize(
+    "solver, saveat",
+    [
+        (ra.ReversibleHeun(), diffrax.SaveAt(t1=True)),
+        (ra.ReversibleHeun(), diffrax.SaveAt(ts=jnp.array([0.33, 1.0]))),
+        (ra.AsynchronousLeapfrog(), diffrax.SaveAt(t1=True)),
+        (ra.Reversible(diffrax.Midpoint()), diffrax.SaveAt(t1=True)),
+    ],
+    ids=["settled", "carried", "alf", "wrapper"],
+)
+def test_arrays_not_differentiated_cost_nothing(solver, saveat):
+    """Arrays in `args` and in the term that the caller does not differentiate get no
+    cotangent in the backward pass: the gradient needs no more memory than the
+    forward solve (a cotangent of `W` would add its size), and matches
+    `RecursiveCheckpointAdjoint`'s."""
+    loss, inputs, matrix_bytes = _constant_matrix_problem(solver, saveat)
+
+    def grad(adjoint):
+        return jax.jit(jax.grad(lambda y0, s, W, c: loss(y0, s, W, c, adjoint), (0, 1)))
+
+    ours = grad(ra.ReversibleAdjoint())
+    forward = jax.jit(lambda *x: loss(*x, ra.ReversibleAdjoint()))
+    grad_bytes = ours.lower(*inputs).compile().memory_analysis().temp_size_in_bytes
+    forward_bytes = (
+        forward.lower(*inputs).compile().memory_analysis().temp_size_in_bytes
+    )
+    assert grad_bytes < forward_bytes + matrix_bytes / 2, (grad_bytes, forward_bytes)
+
+    want = grad(diffrax.RecursiveCheckpointAdjoint())(*inputs)
+    got = ours(*inputs)
+    assert_nonzero(want)
+    assert max_relative_error(got, want) < 1e-12
