@@ -18,11 +18,12 @@ Either way a backward step costs one linearisation and one transpose.
 
 `Reversible`'s evaluations are steps of its base method (as far as their solutions
 need), two per step, which its inverse makes at the same points as the step: each is
-linearised once, and replayed in the same backward step, with a custom VJP
-(`_replay_vjp`) rather than the vector field's custom JVP (`_replay`); forward mode
-cannot differentiate it. A backward
-step costs two base steps and the pullbacks of two, against four base steps and the
-pullbacks of two unfused.
+linearised once, and replayed in the same backward step: with a custom JVP
+(`_replay`), as a vector field is, when its linearisation can be transposed (an
+unrolled Runge–Kutta step; `evaluation_transposable`), else with a custom VJP
+(`_replay_vjp`), which forward mode cannot differentiate. A backward step costs two
+base steps and the pullbacks of two, against four base steps and the pullbacks of two
+unfused.
 
 Carrying a linearisation from one iteration to the next costs a copy of its residuals
 per step. Reversible Heun (`affine_in_evaluation`) avoids it when the backward pass
@@ -113,39 +114,43 @@ def _with_residuals(pullback, residuals):
 
 
 def _replay(point, value, pullback):
-    """Returns `value`, the vector field evaluated at `point = (t, y, args, terms)`,
-    differentiated through `pullback`, its stored linearisation there.
+    """Returns `value`, an evaluation made at `point = (t, y, args, terms)`,
+    differentiated through `pullback`, its stored linearisation there. The parts of
+    `value` that are not inexact arrays (a step's `RESULTS`) are returned as they
+    are.
 
     Written as a custom JVP: the tangent of the value is the transpose of the pullback
     applied to the point's tangent, which reverse mode transposes back into the
     pullback itself (the compiled backward pass is the same as with a custom VJP).
     Unlike a custom VJP, it can in turn be differentiated in forward mode, as
-    forward-over-reverse (`jax.hessian`, Hessian-vector products) needs."""
+    forward-over-reverse (`jax.hessian`, Hessian-vector products) needs. It needs a
+    pullback that `jax.linear_transpose` can transpose: see
+    `AbstractReversibleSolver.evaluation_transposable`."""
     dynamic = eqx.filter(point, eqx.is_inexact_array)
+    diff_value, nondiff_value = eqx.partition(value, eqx.is_inexact_array)
     residuals, pullback_static = eqx.partition(pullback, eqx.is_array)
 
     @jax.custom_jvp
-    def replay(dynamic, value, residuals):
+    def replay(dynamic, diff_value, residuals):
         del dynamic, residuals
-        return value
+        return diff_value
 
     @replay.defjvp
     def replay_jvp(primals, tangents):
-        _, value, residuals = primals
+        _, diff_value, residuals = primals
         dynamic_dot, _, _ = tangents
         pullback = eqx.combine(residuals, pullback_static)
-        transpose = jax.linear_transpose(pullback, value)
+        transpose = jax.linear_transpose(pullback, diff_value)
         (value_dot,) = transpose(dynamic_dot)
-        return value, value_dot
+        return diff_value, value_dot
 
-    return replay(dynamic, value, residuals)
+    return eqx.combine(replay(dynamic, diff_value, residuals), nondiff_value)
 
 
 def _replay_vjp(point, value, pullback):
-    """As `_replay`, for an evaluation that is not one vector field evaluation (a
-    Runge–Kutta step): a custom VJP, which applies `pullback` as it is, in reverse
-    mode only. The parts of `value`
-    that are not inexact arrays (a step's `RESULTS`) are returned as they are."""
+    """As `_replay`, for an evaluation whose pullback cannot be transposed (a base
+    step whose stages run in diffrax's checkpointed loop, a custom VJP): a custom VJP,
+    which applies `pullback` as it is, in reverse mode only."""
     dynamic = eqx.filter(point, eqx.is_inexact_array)
     diff_value, nondiff_value = eqx.partition(value, eqx.is_inexact_array)
 
@@ -173,14 +178,14 @@ def _replay_vjp(point, value, pullback):
     return eqx.combine(replay(dynamic, diff_value, pullback), nondiff_value)
 
 
-def _replaying(replays, args, terms, own_evaluation, differentiate):
+def _replaying(replays, args, terms, transposable, differentiate):
     """The `evaluate` that `fused_step` is given to differentiate a step: its `i`-th
     call returns the `i`-th of `replays`, pairs `(value, pullback)` in the order in
     which the step evaluates, differentiated through `pullback` (or held constant if it
-    is `None`) with respect to what `differentiate` flags. A solver-defined evaluation
-    (`own_evaluation`) is replayed by `_replay_vjp`, the vector field by `_replay`."""
+    is `None`) with respect to what `differentiate` flags: by `_replay` if the
+    pullbacks can be transposed (`transposable`), else by `_replay_vjp`."""
     replays = iter(replays)
-    replay = _replay_vjp if own_evaluation else _replay
+    replay = _replay if transposable else _replay_vjp
 
     def evaluate(t, y):
         value, pullback = next(replays)
@@ -611,8 +616,13 @@ class AdjointTerm(eqx.Module):
             if rec.replay is None:
                 step = solver.step(*inputs)
             else:
-                own = overrides_evaluation(solver)
-                evaluate = _replaying(rec.replay, _args, _terms, own, differentiate)
+                evaluate = _replaying(
+                    rec.replay,
+                    _args,
+                    _terms,
+                    solver.evaluation_transposable,
+                    differentiate,
+                )
                 step = solver.fused_step(evaluate, *inputs)
             _y1, _, _dense_info, _solver_state1, _ = step
             if with_dense:

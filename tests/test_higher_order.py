@@ -41,8 +41,10 @@ PARAMS = (jnp.array([1.0, -0.6]), jnp.array(0.5))
         (ra.ReversibleHeun(), diffrax.SaveAt(t1=True)),
         (ra.AsynchronousLeapfrog(), diffrax.SaveAt(steps=True)),
         (ra.LeapfrogMidpoint(), diffrax.SaveAt(t1=True)),
+        # Fused: each base step is replayed with a custom JVP.
+        (ra.Reversible(diffrax.Midpoint()), diffrax.SaveAt(t1=True)),
     ],
-    ids=["RH", "ALF", "LM"],
+    ids=["RH", "ALF", "LM", "Reversible(Midpoint)"],
 )
 def test_hessian_matches_rca(solver, saveat):
     want = jax.hessian(_loss)(
@@ -64,11 +66,18 @@ def test_hessian_with_checkpoints():
 
 
 @pytest.mark.parametrize(
-    "solver", [ra.ReversibleHeun(), ra.AsynchronousLeapfrog()], ids=["RH", "ALF"]
+    "solver",
+    [
+        ra.ReversibleHeun(),
+        ra.AsynchronousLeapfrog(),
+        pytest.param(ra.Reversible(diffrax.Tsit5()), marks=pytest.mark.slow),
+    ],
+    ids=["RH", "ALF", "Reversible(Tsit5)"],
 )
 def test_hessian_vector_product_with_save_times(solver):
     """`SaveAt(ts=...)`, where RCA's Hessian fails: the Hessian-vector product
-    against central differences of RCA's gradient."""
+    against central differences of RCA's gradient. (With `Reversible(Tsit5())`, the
+    save times inside steps go through the base method's dense output.)"""
     saveat = diffrax.SaveAt(ts=jnp.array([0.3, 0.71, 1.0]))
     vector = (jnp.array([0.3, 0.8]), jnp.array(-0.4))
 

@@ -93,10 +93,11 @@ ADJOINTS = {
     "ReversibleAdjoint": (ra.ReversibleAdjoint, jax.jacrev),
 }
 # `DirectAdjoint` makes the same switch (to `scan_kind="bounded"`) for forward and
-# reverse mode. `ReversibleAdjoint` on bases left at the default `scan_kind` (the
-# fused backward step) is in test_reversible_wrapper.py; here a base's own
-# `scan_kind="bounded"` (not fused); with `Tsit5`, whose unrolled stages make the
-# unfused backward pass long to compile (two minutes), only in the slow suite.
+# reverse mode. `ReversibleAdjoint` on bases left at the default `scan_kind` is in
+# test_reversible_wrapper.py; here a base's own `scan_kind="bounded"`, which an
+# unrolled base ignores (the backward step is fused either way); with `Tsit5`, only
+# in the slow suite. (The unfused backward step, for a base stepped by its own
+# `step`, is in test_reversible_fused.py.)
 CASES = [
     *[(name, "ForwardMode") for name in SOLVERS if name != "Midpoint-bounded"],
     ("Tsit5", "DirectAdjoint-fwd"),

@@ -127,16 +127,7 @@ def test_sde_parity():
 #
 
 
-@pytest.mark.slow
-def test_forward_differentiable_base_is_not_fused():
-    """A base method whose stages run in a loop that forward mode can differentiate
-    (`scan_kind="bounded"`) is left unfused, so that forward-over-reverse
-    (`jax.hessian`) still works: the fused replay of a base step is reverse-mode only.
-    """
-    solver = ra.Reversible(diffrax.Midpoint(scan_kind="bounded"))
-    assert solver.evaluation_reuse is None
-    assert ra.Reversible(diffrax.Euler()).evaluation_reuse is None
-
+def _hessian_loss(solver):
     def loss(params, adjoint):
         y0, a = params
         sol = diffrax.diffeqsolve(
@@ -151,9 +142,36 @@ def test_forward_differentiable_base_is_not_fused():
         )
         return jnp.sum(sol.ys**3)
 
-    params = (jnp.array([1.0, -0.6]), jnp.array(0.5))
-    want = jax.hessian(loss)(params, diffrax.RecursiveCheckpointAdjoint())
-    got = jax.hessian(loss)(params, ra.ReversibleAdjoint())
+    return loss
+
+
+_HESSIAN_PARAMS = (jnp.array([1.0, -0.6]), jnp.array(0.5))
+
+
+class _OwnStepMidpoint(diffrax.Midpoint):
+    """`Midpoint` with a `step` of its own: `Reversible` steps it by that `step`, not
+    with unrolled stages."""
+
+    def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
+        return super().step(terms, t0, t1, y0, args, solver_state, made_jump)
+
+
+@pytest.mark.slow
+def test_forward_differentiable_base_is_not_fused():
+    """A base stepped by its own `step` is replayed with a custom VJP, reverse-mode
+    only; with a forward-differentiable `scan_kind` it is left unfused, so that
+    forward-over-reverse (`jax.hessian`) still works."""
+    fused = ra.Reversible(_OwnStepMidpoint())
+    assert fused.evaluation_reuse == "same_step"
+    assert not fused.evaluation_transposable
+    solver = ra.Reversible(_OwnStepMidpoint(scan_kind="bounded"))
+    assert solver.evaluation_reuse is None
+    assert ra.Reversible(diffrax.Euler()).evaluation_reuse is None
+    # (The fused backward step of an unrolled base is differentiated in
+    # `tests/test_higher_order.py`.)
+    loss = _hessian_loss(solver)
+    want = jax.hessian(loss)(_HESSIAN_PARAMS, diffrax.RecursiveCheckpointAdjoint())
+    got = jax.hessian(loss)(_HESSIAN_PARAMS, ra.ReversibleAdjoint())
     assert max_relative_error(got, want) < 1e-10
 
 

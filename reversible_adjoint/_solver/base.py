@@ -63,11 +63,14 @@ class AbstractReversibleSolver(diffrax.AbstractSolver):
     of them once, in any order, and returns their `aux` as a tuple in the order in
     which `fused_step` makes them. The backward pass linearises each evaluation once
     (`jax.vjp`), and replays it in `fused_step`: the stored value, differentiated
-    through the stored linearisation, with a custom VJP. That replay is reverse-mode
-    only, so forward-over-reverse (`jax.hessian`) cannot differentiate it; a solver
-    that supports forward-over-reverse through its evaluation (as `Reversible` does
-    when given `scan_kind="lax"` or `"bounded"`) leaves `evaluation_reuse = None`
-    there.
+    through the stored linearisation. If the linearisation is plain JAX, which
+    `jax.linear_transpose` can transpose (no custom VJP inside), the solver says so
+    with `evaluation_transposable = True`, and the replay is a custom JVP, which
+    forward-over-reverse (`jax.hessian`) can differentiate; otherwise it is a custom
+    VJP, reverse-mode only, and a solver that supports forward-over-reverse through
+    its evaluation some other way (as `Reversible` does, for a base method stepped by
+    its own `step`, when given `scan_kind="lax"` or `"bounded"`) leaves
+    `evaluation_reuse = None` there.
 
     A `"previous_step"` solver may also set `affine_in_evaluation = True` if its
     `step`'s outputs (`y1`, solver state) are affine in the step's evaluation, through
@@ -85,13 +88,22 @@ class AbstractReversibleSolver(diffrax.AbstractSolver):
     the start time of the previous step (as diffrax's `LeapfrogMidpoint` does) needs
     it, because on a non-uniform grid that time cannot be recovered from the state.
 
-    The two class flags default to `evaluation_reuse = None` and
+    The class flags default to `evaluation_reuse = None` and
     `affine_in_evaluation = False`: no fusing; the backward pass calls
-    `backward_step`, then differentiates `step`.
+    `backward_step`, then differentiates `step`. `evaluation_transposable` defaults
+    to whether `evaluation` is the default one (a vector-field evaluation).
     """
 
     evaluation_reuse: ClassVar[Literal["same_step", "previous_step"] | None] = None
     affine_in_evaluation: ClassVar[bool] = False
+
+    @property
+    def evaluation_transposable(self) -> bool:
+        """Whether the linearisation of `evaluation` can be transposed by
+        `jax.linear_transpose`, so that the fused backward pass can be differentiated
+        in forward mode (see "Larger evaluations" above). `True` for the default
+        `evaluation`, one vector-field evaluation."""
+        return not overrides_evaluation(self)
 
     def backward_step(
         self,

@@ -40,7 +40,8 @@ Design notes.
     `_explicit_rk.py`, which unrolls the stages from the tableau in Python: the same
     stages, solution, error estimate and `dense_info` as diffrax's step, to round-off,
     in plain JAX, which both modes differentiate, whose linearisation keeps every
-    stage's residuals, and whose pullback evaluates nothing again (on the problem of
+    stage's residuals and can be transposed, and whose pullback evaluates nothing
+    again (on the problem of
     `benchmarks/scan_kind.py`, `ReversibleAdjoint`'s gradient is 2.4 times faster with
     `Midpoint` and 1.5 with `Tsit5` than with diffrax's default loop, for 1.3 and 2.6
     times its memory, which does not grow with the steps). The forward
@@ -57,16 +58,17 @@ Design notes.
     `Reversible` is registered as a virtual subclass of `AbstractRungeKutta` and has a
     `scan_kind` field of its own, so that switch reaches it, and `_base_for_stepping`
     passes it on to a base method left at `None` (which matters to a base stepped by
-    its own `step`). An unrolled base ignores it, except that a forward-differentiable
-    kind (on the wrapper or the base) turns the fused backward step off, as below.
-- Fusing. `ReversibleAdjoint` replays a linearised base step with a custom VJP, which
-    is reverse-mode only (a custom JVP, which forward-over-reverse could differentiate,
-    would need `ReversibleAdjoint` to know that the linearisation can be transposed,
-    as the unrolled one can). So `evaluation_reuse` is `"same_step"` only when the
-    base's `scan_kind` (after `_base_for_stepping`) is `None` or `"checkpointed"`;
-    `"lax"` or `"bounded"` asks for forward-differentiable stepping, and gets the
-    unfused backward step, which `jax.hessian` can differentiate. `Euler` has no
-    `scan_kind`, and is never fused.
+    its own `step`). An unrolled base ignores it.
+- Fusing. `ReversibleAdjoint` replays a linearised base step in the backward step
+    that made it. An unrolled base step's linearisation can be transposed
+    (`evaluation_transposable`), so the replay is a custom JVP, which forward mode
+    can differentiate too (forward-over-reverse: `jax.hessian`); such a base is
+    always fused. A base stepped by its own `step` is replayed with a custom VJP,
+    which is reverse-mode only; so `evaluation_reuse` is `"same_step"` there only
+    when the base's `scan_kind` (after `_base_for_stepping`) is `None` or
+    `"checkpointed"`, and `"lax"` or `"bounded"` asks for forward-differentiable
+    stepping, and gets the unfused backward step, which `jax.hessian` can
+    differentiate. `Euler` has no `scan_kind`, and is never fused.
 - `Ψ` is `Σ b_i·k_i` for an unrolled base method, and (base step's output) − (its
     input) for another. Either way its round-off is the same on the forward and
     backward passes, because both compute it at the same arguments.
@@ -354,9 +356,11 @@ class Reversible(AbstractReversibleSolver, diffrax.AbstractStratonovichSolver):
     differentiate; its `ForwardMode` and `DirectAdjoint` switch that to `"lax"` and
     `"bounded"`, and switch the wrapper's `scan_kind` field too, which it passes on to
     a base method left at `None`, for a base stepped by its own `step`.) With
-    `ReversibleAdjoint` the backward step is fused (see "Cost"), and replays each base
-    step in reverse mode only: forward-over-reverse (`jax.hessian`, Hessian-vector
-    products) needs the unfused backward step, which `scan_kind="lax"` or
+    `ReversibleAdjoint` the backward step is fused (see "Cost"), and
+    forward-over-reverse (`jax.hessian`, Hessian-vector products) differentiates it.
+    For a base stepped by its own `step` (not one of diffrax's explicit Runge–Kutta
+    methods), the fused backward step replays each base step in reverse mode only,
+    and forward-over-reverse needs the unfused one, which `scan_kind="lax"` or
     `"bounded"` (on the wrapper or on the base) selects, at the cost of two more base
     steps per backward step. `BacksolveAdjoint` works when saving at `t1` only: with
     `SaveAt(ts=...)` it restarts its backward solve at each save time with the
@@ -375,8 +379,8 @@ class Reversible(AbstractReversibleSolver, diffrax.AbstractStratonovichSolver):
     more base steps. On the MLP neural ODE of `benchmarks/adjoints.py` (2000 steps,
     CPU) a gradient cost 3.8 forward passes with `Midpoint` and 4.8 with `Tsit5`, as
     much time as `RecursiveCheckpointAdjoint` storing every step, in O(1) memory.
-    `Euler`, and a base whose `scan_kind` is `"lax"` or `"bounded"`, are not fused
-    (see "Autodiff").
+    `Euler`, and a base stepped by its own `step` whose `scan_kind` is `"lax"` or
+    `"bounded"`, are not fused (see "Autodiff").
 
     **Stability.** On `y' = σy`, with `w = hσ` and an exact base step, the one-step
     matrix has eigenvalues `e^w` (the solution) and `λ·e^(−w)` (a spurious mode), and
@@ -431,9 +435,10 @@ class Reversible(AbstractReversibleSolver, diffrax.AbstractStratonovichSolver):
             thousand steps; see "Choosing the coupling" above. Values below `0.99`
             warn.
         - `scan_kind`: passed on to a base method that leaves its own at `None`: how
-            the stages of a base stepped by its own `step` are looped over. `"lax"`
-            or `"bounded"` also turns off `ReversibleAdjoint`'s fused backward step,
-            for forward-over-reverse (`jax.hessian`); see "Autodiff" above.
+            the stages of a base stepped by its own `step` are looped over. For such
+            a base, `"lax"` or `"bounded"` also turns off `ReversibleAdjoint`'s fused
+            backward step, for forward-over-reverse (`jax.hessian`); see "Autodiff"
+            above.
             Otherwise leave it at `None`: diffrax's `ForwardMode` and `DirectAdjoint`
             set it themselves.
         """
@@ -480,8 +485,11 @@ class Reversible(AbstractReversibleSolver, diffrax.AbstractStratonovichSolver):
     @property
     def evaluation_reuse(self):  # pyright: ignore
         # Fused (`ReversibleAdjoint` reuses each base step it makes to reconstruct a
-        # step when differentiating it) unless a forward-differentiable `scan_kind` asks
-        # for a backward pass that forward mode can differentiate; see "Autodiff".
+        # step when differentiating it), except for a base stepped by its own `step`
+        # with a forward-differentiable `scan_kind`, which asks for a backward pass
+        # that forward mode can differentiate; see "Autodiff".
+        if self.evaluation_transposable:
+            return "same_step"
         base = self._base_for_stepping()
         if isinstance(base, diffrax.AbstractRungeKutta) and base.scan_kind in (
             None,
@@ -489,6 +497,12 @@ class Reversible(AbstractReversibleSolver, diffrax.AbstractStratonovichSolver):
         ):
             return "same_step"
         return None
+
+    @property
+    def evaluation_transposable(self):
+        # A base step with unrolled stages is plain JAX: its linearisation can be
+        # transposed, and the fused backward pass differentiated in forward mode.
+        return explicit_tableau(self._base_for_stepping()) is not None
 
     @property
     def interpolation_cls(self):  # pyright: ignore
