@@ -5,7 +5,8 @@ adjoints, measured side by side in one run.
     python benchmarks/adjoints.py --quick # under a minute (the test suite's smoke test)
     python benchmarks/adjoints.py --max-steps 2000 --problems mlp  # part of the run
     python benchmarks/adjoints.py --problems mlp --steps 2000 \
-        --solvers "Reversible(Midpoint)" "Reversible(Tsit5)"  # the wrapper's goals
+        --solvers "Reversible(Midpoint)" "Reversible(Tsit5)" \
+        --compiles 3  # the wrapper's goals, compile times the medians of three
 
 (`bash benchmarks/gpu.sh` runs it on a GPU.)
 
@@ -82,7 +83,7 @@ def methods_for(problem, solver_name, num_steps, quick):
     return methods
 
 
-def run(problem, solver_names, step_counts, repeats, quick, timed=True):
+def run(problem, solver_names, step_counts, repeats, quick, timed=True, compiles=1):
     rows = []
     for num_steps in step_counts:
         for solver_name in solver_names:
@@ -90,10 +91,16 @@ def run(problem, solver_names, step_counts, repeats, quick, timed=True):
             methods = methods_for(problem, solver_name, num_steps, quick)
             compiled, info = {}, {}
             for method, make_adjoint in methods.items():
-                grad, forward, args = make_fns(
-                    problem, solver, make_adjoint(num_steps), num_steps, jnp.float32
-                )
-                compiled[method], compile_time, memory = compile_and_measure(grad, args)
+                compile_times = []
+                for _ in range(compiles):  # Traced afresh each time.
+                    grad, forward, args = make_fns(
+                        problem, solver, make_adjoint(num_steps), num_steps, jnp.float32
+                    )
+                    compiled[method], compile_time, memory = compile_and_measure(
+                        grad, args
+                    )
+                    compile_times.append(compile_time)
+                compile_time = float(np.median(compile_times))
                 info[method] = dict(compile_time=compile_time, memory=memory)
             if timed:
                 compiled["forward"], _, _ = compile_and_measure(forward, args)
@@ -375,6 +382,12 @@ def main(argv=None):
     )
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument(
+        "--compiles",
+        type=int,
+        default=1,
+        help="compile each gradient this many times; its compile time is the median",
+    )
+    parser.add_argument(
         "--problems",
         nargs="+",
         choices=["mlp", "large", "sde"],
@@ -463,7 +476,9 @@ def main(argv=None):
     )
     rows = []
     for problem, solvers, steps, timed in plan:
-        rows += run(problem, solvers, steps, repeats, options.quick, timed)
+        rows += run(
+            problem, solvers, steps, repeats, options.quick, timed, options.compiles
+        )
     report(rows)
     options.output.mkdir(parents=True, exist_ok=True)
     (options.output / "results.json").write_text(

@@ -6,7 +6,6 @@ differentiate it. Base steps per backward step, gradients against
 import diffrax
 import jax
 import jax.numpy as jnp
-import jax.random as jr
 import pytest
 
 import reversible_adjoint as ra
@@ -14,12 +13,10 @@ import reversible_adjoint as ra
 from .helpers import (
     INPUT_NAMES,
     backward_loop_evaluations,
-    check_gradient_parity,
     check_parity_constant_or_step_to,
     check_solve_parity,
     max_relative_error,
     problem_inputs,
-    readout,
     sinh_loss,
 )
 
@@ -82,44 +79,6 @@ def test_dense_output_parity():
         nonzero=INPUT_NAMES,
     )
     assert stats["num_rejected_steps"] > 0
-
-
-@pytest.mark.slow
-def test_sde_parity():
-    """A Stratonovich SDE with `Reversible(Midpoint())` on a `VirtualBrownianTree`:
-    the control over a step is given to both base steps, and its cotangent reaches
-    the term's parameters. Gradients for `y0`, `args`, the term and
-    `SaveAt(ts=...)`."""
-    bm = diffrax.VirtualBrownianTree(0.0, 1.0, tol=1e-6, shape=(2,), key=jr.PRNGKey(1))
-
-    def loss(inputs, adjoint):
-        y0, args, scale, ts = inputs
-        terms = diffrax.MultiTerm(
-            diffrax.ODETerm(lambda t, y, a: -a[0] * y + jnp.sin(t) * y[::-1]),
-            diffrax.ControlTerm(
-                lambda t, y, a: jnp.diag(scale * a[1] * jnp.tanh(y)), bm
-            ),
-        )
-        sol = diffrax.diffeqsolve(
-            terms,
-            ra.Reversible(diffrax.Midpoint()),
-            0.0,
-            1.0,
-            0.05,
-            y0,
-            args=args,
-            saveat=diffrax.SaveAt(ts=ts, t1=True),
-            adjoint=adjoint,
-        )
-        return readout(sol.ys)
-
-    inputs = (
-        jnp.array([0.8, -0.5]),
-        (jnp.array(0.6), jnp.array(0.4)),
-        jnp.array(1.3),
-        jnp.array([0.11, 0.5, 0.93]),
-    )
-    check_gradient_parity(loss, inputs, nonzero=range(4))
 
 
 #

@@ -109,33 +109,33 @@ def test_all_inputs(base, controller_name, direction):
 #
 
 
-def test_sde_parity():
-    """Stratonovich SDE with `Reversible(Heun())`: gradients for `y0`, `args` and
-    `SaveAt(ts=...)`. (`VirtualBrownianTree` cannot be differentiated with respect to
-    time, so `t0`/`t1` gradients do not exist for either adjoint.)"""
-    t0, t1 = 0.0, 1.0
-    bm = diffrax.VirtualBrownianTree(t0, t1, tol=1e-6, shape=(2,), key=jr.PRNGKey(0))
-
-    def drift(t, y, args):
-        a, _ = args
-        return -a * y + jnp.sin(t) * y[::-1]
-
-    def diffusion(t, y, args):
-        _, b = args
-        return b * jnp.diag(jnp.tanh(y))
-
-    terms = diffrax.MultiTerm(
-        diffrax.ODETerm(drift), diffrax.ControlTerm(diffusion, bm)
-    )
+@pytest.mark.parametrize(
+    "base",
+    [diffrax.Heun(), pytest.param(diffrax.Midpoint(), marks=pytest.mark.slow)],
+    ids=["Heun", "Midpoint"],
+)
+def test_sde_parity(base):
+    """A Stratonovich SDE on a `VirtualBrownianTree`: the control over a step is
+    given to both base steps, and its cotangent reaches the parameters in `args` and
+    in the term. Gradients for `y0`, `args`, the term and `SaveAt(ts=...)`.
+    (`VirtualBrownianTree` cannot be differentiated with respect to time, so `t0`/`t1`
+    gradients do not exist for either adjoint.)"""
+    bm = diffrax.VirtualBrownianTree(0.0, 1.0, tol=1e-6, shape=(2,), key=jr.PRNGKey(1))
 
     def loss(inputs, adjoint):
-        y0, args, ts = inputs
+        y0, args, scale, ts = inputs
+        terms = diffrax.MultiTerm(
+            diffrax.ODETerm(lambda t, y, a: -a[0] * y + jnp.sin(t) * y[::-1]),
+            diffrax.ControlTerm(
+                lambda t, y, a: jnp.diag(scale * a[1] * jnp.tanh(y)), bm
+            ),
+        )
         sol = diffrax.diffeqsolve(
             terms,
-            ra.Reversible(diffrax.Heun()),
-            t0,
-            t1,
-            0.02,
+            ra.Reversible(base),
+            0.0,
+            1.0,
+            0.05,
             y0,
             args=args,
             saveat=diffrax.SaveAt(ts=ts, t1=True),
@@ -146,9 +146,10 @@ def test_sde_parity():
     inputs = (
         jnp.array([0.8, -0.5]),
         (jnp.array(0.6), jnp.array(0.4)),
+        jnp.array(1.3),
         jnp.array([0.11, 0.5, 0.93]),
     )
-    check_gradient_parity(loss, inputs, nonzero=range(3))
+    check_gradient_parity(loss, inputs, nonzero=range(4))
 
 
 #
