@@ -97,6 +97,30 @@ def test_hessian_vector_product_with_save_times(solver):
     assert max_relative_error(got, want) < 1e-7
 
 
+@pytest.mark.parametrize(
+    "solver",
+    [
+        ra.ReversibleHeun(),
+        pytest.param(ra.Reversible(diffrax.Midpoint()), marks=pytest.mark.slow),
+    ],
+    ids=["RH", "Reversible(Midpoint)"],
+)
+def test_mixed_second_derivative(solver):
+    """Forward mode over a gradient with respect to `y0` only, differentiating `args`:
+    the backward pass holds `args` constant (the inner gradient does not perturb it),
+    yet forward mode must still see how it depends on them."""
+    saveat = diffrax.SaveAt(steps=True)
+    y0, args = PARAMS
+
+    def mixed(adjoint):
+        grad_y0 = jax.grad(lambda y, a: _loss((y, a), adjoint, solver, saveat))
+        return jax.jacfwd(lambda a: grad_y0(y0, a))(args)
+
+    want = mixed(diffrax.RecursiveCheckpointAdjoint())
+    assert jnp.max(jnp.abs(want)) > 0
+    assert max_relative_error(mixed(ra.ReversibleAdjoint()), want) < 1e-10
+
+
 def test_grad_of_grad_is_refused():
     def grad_norm(y0):
         g = jax.grad(_loss)(
