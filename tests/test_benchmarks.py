@@ -65,3 +65,12 @@ def test_floor_reference():
     (the script checks it before timing)."""
     printed = _run("floor", "--steps", "20", "--repeats", "1")
     assert "| hand-written reference |" in printed
+
+
+@pytest.mark.slow
+def test_parity_sweep_quick():
+    """The first random configurations of the parity sweep (seed 0) all match
+    `RecursiveCheckpointAdjoint`: the script exits with 1 if one does not."""
+    printed = _run("parity_sweep", "--quick")
+    lines = [line for line in printed.splitlines() if line.startswith("ok ")]
+    assert len(lines) == 4, printed
