@@ -99,8 +99,14 @@ def _constant_matrix_problem(solver, saveat):
     "solver, saveat",
     [
         (ra.ReversibleHeun(), diffrax.SaveAt(t1=True)),
-        (ra.ReversibleHeun(), diffrax.SaveAt(ts=jnp.array([0.33, 1.0]))),
-        (ra.AsynchronousLeapfrog(), diffrax.SaveAt(t1=True)),
+        pytest.param(
+            ra.ReversibleHeun(),
+            diffrax.SaveAt(ts=jnp.array([0.33, 1.0])),
+            marks=pytest.mark.slow,
+        ),
+        pytest.param(
+            ra.AsynchronousLeapfrog(), diffrax.SaveAt(t1=True), marks=pytest.mark.slow
+        ),
         (ra.Reversible(diffrax.Midpoint()), diffrax.SaveAt(t1=True)),
     ],
     ids=["settled", "carried", "alf", "wrapper"],

@@ -44,7 +44,9 @@ def _controller(name):
     [
         (ra.ReversibleHeun(), "constant", 7),
         (ra.AsynchronousLeapfrog(), "step_to", 5),
-        (ra.Reversible(diffrax.Bosh3()), "constant", 1),
+        pytest.param(
+            ra.Reversible(diffrax.Bosh3()), "constant", 1, marks=pytest.mark.slow
+        ),
     ],
     ids=["RH-constant", "ALF-step_to", "Reversible-constant"],
 )
