@@ -59,6 +59,7 @@ BASELINES = {
 }
 SHORT = {
     "ReversibleAdjoint": "Reversible",
+    "ReversibleAdjoint(checkpoints=0)": "Reversible(ckpt=0)",
     "RecursiveCheckpointAdjoint": "RCA",
     "RecursiveCheckpointAdjoint(checkpoints=max_steps)": "RCA(all)",
     "BacksolveAdjoint": "Backsolve",
@@ -69,6 +70,11 @@ SHORT = {
 def methods_for(problem, solver_name, num_steps, quick):
     methods = {"ReversibleAdjoint": lambda n: ra.ReversibleAdjoint()}
     wrapper = solver_name.startswith("Reversible(")
+    if not (quick or wrapper):
+        # The previous release's default: no checkpoints, the drift of the whole solve.
+        methods["ReversibleAdjoint(checkpoints=0)"] = lambda n: ra.ReversibleAdjoint(
+            checkpoints=0
+        )
     for name, make in BASELINES.items():
         if name == "DirectAdjoint" and (num_steps > 1000 or quick):
             continue  # its cost grows with max_steps; it does not fit here
@@ -210,6 +216,25 @@ def goals(rows):
                 lambda x: x >= 20 or steps != 2000,
             ),
         ]
+        if "ReversibleAdjoint(checkpoints=0)" in by:
+            # The default's 8 checkpoints (the drift guard) against none.
+            without = by["ReversibleAdjoint(checkpoints=0)"]
+            checks.append(
+                (
+                    "grad time / checkpoints=0",
+                    "<= 1.05",
+                    ours["time"] / without["time"],
+                    lambda x: x <= 1.05,
+                )
+            )
+            checks.append(
+                (
+                    "memory / checkpoints=0",
+                    "-",
+                    ours["memory"] / without["memory"],
+                    None,
+                )
+            )
         if "BacksolveAdjoint" in by:
             # diffrax's exact O(1)-memory path for reversible Heun.
             checks.append(

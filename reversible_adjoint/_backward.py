@@ -56,7 +56,7 @@ from ._cotangents import (
     zeros_like_inexact,
 )
 from ._diffrax_internals import SaveState
-from ._drift import DriftRecord, check_drift, narrowest_dtype, solver_name
+from ._drift import DriftRecord, check_drift, narrowest_dtype, widest
 from ._save_layout import SaveLayout
 from ._step_record import PredictedRecord, recording_controller
 from ._time_tangents import TimeCotangent
@@ -162,7 +162,7 @@ class _Context(eqx.Module):
     step_to_ts: Array | None
     record: Any
     checkpoints: Any
-    every: int = eqx.field(static=True)
+    every: Array
     event_dense: PyTree | None = None
 
     def zero_args(self):
@@ -620,7 +620,10 @@ def backward(
     zero_time = jnp.zeros((), dtype=t1_tangent.dtype)
     # The solve is undone in stretches of `every` steps, last to first, each from a
     # checkpoint (if any). Without checkpoints, one stretch of every step.
-    every = static.max_steps + 1 if checkpoints is None else checkpoints.every
+    if checkpoints is None:
+        every = jnp.asarray(static.max_steps + 1, record.num_accepted.dtype)
+    else:
+        every = checkpoints.every.astype(record.num_accepted.dtype)
     if isinstance(record, PredictedRecord):
         controller = recording_controller(controller, inputs["t1"], t1_tangent)
         # The check is attached to a scalar that everything after depends on (on the
@@ -702,12 +705,64 @@ def backward(
     drift = carry.drift.measure(
         (carry.y, carry.solver_state), (inputs["y0"], inputs["solver_state"])
     )
+    amplification = _amplification(static.solver, inputs, a_y, carry.a_state)
+    diverged = ~_all_finite((residuals.y, residuals.solver_state))
     return check_drift(
         cts,
         drift.worst,
         drift.steps,
-        on_drift=adjoint.on_drift,
+        amplification,
+        diverged,
+        adjoint=adjoint,
+        solver=static.solver,
         rtol=adjoint.rtol_for(inputs["y0"]),
-        solver_name=solver_name(static.solver),
         dtype=narrowest_dtype(inputs["y0"]),
     )
+
+
+def _all_finite(tree) -> Array:
+    leaves = [x for x in jtu.tree_leaves(tree) if eqx.is_inexact_array(x)]
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def _amplification(solver, inputs, a_y, a_state) -> Array:
+    """How much the gradient amplifies a relative reconstruction error: the largest
+    cotangent of the initial `y` and solver state taken apart, over the largest of the
+    cotangent of `y0` they make together (through `solver.init`, as the caller's
+    gradient does), at least 1.
+
+    The backward pass differentiates with respect to `y` and the solver state as
+    independent variables, which they are not (`z_0 = y_0` for `Reversible`, the
+    cached evaluation `f(t_0, y_0)` for reversible Heun and ALF). A reconstruction
+    error moves them apart, into a direction of the extended state that the caller's
+    gradient never sees except through this error; where their cotangents are large
+    and cancel in `y0`'s (on periodic problems, by thousands), the gradient's relative
+    error is that many times the relative drift. The maths page derives it."""
+    y0 = inputs["y0"]
+    leaves = [x for x in jtu.tree_leaves((a_y, a_state)) if eqx.is_inexact_array(x)]
+    if not leaves or not jtu.tree_leaves(inputs["solver_state"]):
+        return jnp.ones(())
+    init = lambda y: solver.init(
+        inputs["terms"], inputs["tprev"], inputs["tnext"], y, inputs["args"]
+    )
+    _, pullback = eqx.filter_vjp(init, y0)
+    (a_init,) = pullback(a_state)
+    together = add(a_y, a_init)
+    apart = _largest_magnitude((a_y, a_state))
+    combined = _largest_magnitude(together)
+    ratio = apart / jnp.where(combined > 0, combined, 1)
+    return jnp.where(
+        combined > 0, jnp.maximum(ratio, 1), jnp.where(apart > 0, jnp.inf, 1)
+    )
+
+
+def _largest_magnitude(tree) -> Array:
+    leaves = [
+        jnp.max(jnp.abs(x))
+        for x in jtu.tree_leaves(tree)
+        if eqx.is_inexact_array(x) and x.size > 0
+    ]
+    if not leaves:
+        return jnp.zeros(())
+    dtype = widest([x.dtype for x in leaves])
+    return jnp.max(jnp.stack([x.astype(dtype) for x in leaves]))

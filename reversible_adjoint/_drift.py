@@ -14,7 +14,6 @@ drift is measured there for free: `relative_drift` below, one formula used by
 """
 
 import warnings
-from typing import Literal
 
 import equinox as eqx
 import equinox.internal as eqxi
@@ -27,16 +26,57 @@ from ._solver.reversible import Reversible
 
 
 class ReconstructionDriftWarning(UserWarning):
-    """Warns that `ReversibleAdjoint`'s backward pass reconstructed the start of the
-    solve with a relative error above `drift_rtol`, so that its gradient may be
-    inaccurate. The message says how large the drift was, after how many steps, and
-    what to do about it."""
+    """Warns that `ReversibleAdjoint`'s gradient may be inaccurate: its backward pass
+    reconstructed the solve with an error that, by the estimate below, moves the
+    gradient by more than `drift_rtol` (relative), or the forward solve itself was not
+    finite.
+
+    The message names the solver and what to do, and is the same on every call of the
+    same configuration, so that Python's default filters show it once (not once per
+    training step). The numbers of the call that warned are attributes:
+
+    - `drift`: the largest relative reconstruction error measured, at the start of
+        the solve or at a checkpoint.
+    - `steps`: over how many steps that error grew (the stretch reconstructed since
+        the last exact state).
+    - `amplification`: how much the gradient amplifies it (at least 1).
+    - `gradient_error`: `drift * amplification`, the estimate of the gradient's
+        relative error that is checked against `drift_rtol`.
+    - `tolerance`: that `drift_rtol`.
+    - `diverged`: whether the forward solve ended on a non-finite state (then the
+        gradient is not finite, whatever the reconstruction does).
+
+    Under `jax.vmap` a batch warns once, with its worst element's numbers (`steps`
+    the largest). All are `None` on a warning made by hand.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        drift: float | None = None,
+        steps: int | None = None,
+        amplification: float | None = None,
+        gradient_error: float | None = None,
+        tolerance: float | None = None,
+        diverged: bool | None = None,
+    ):
+        super().__init__(message)
+        self.drift = drift
+        self.steps = steps
+        self.amplification = amplification
+        self.gradient_error = gradient_error
+        self.tolerance = tolerance
+        self.diverged = diverged
 
 
 def default_drift_rtol(dtype) -> float:
-    """The default `drift_rtol` for a state of floating dtype `dtype`: the square
-    root of its machine epsilon (1.5e-8 in float64, 3.5e-4 in float32), that is, half
-    of the significant digits lost.
+    """The default `drift_rtol` for a state of floating dtype `dtype`: an eighth of
+    the square root of its machine epsilon (1.9e-9 in float64, 4.3e-5 in float32),
+    the largest estimated relative error of the gradient accepted without a warning.
+    The factor of eight covers the estimate being too small (by up to five times on
+    the problems of `tests/test_drift_promise.py`), so that a gradient more than
+    1e-8 (float64) or 1e-3 (float32) off warns.
 
     Healthy solves stay far below it: in `benchmarks/reconstruction.py`, 10,000 steps
     of reversible Heun or asynchronous leapfrog on an oscillator reconstruct to about
@@ -45,7 +85,7 @@ def default_drift_rtol(dtype) -> float:
     float32 by 1e-2, the Lorenz system over `[0, 2]` with `Reversible(Tsit5())` in
     float64 by 3e-4.
     """
-    return float(jnp.finfo(dtype).eps) ** 0.5
+    return float(jnp.finfo(dtype).eps) ** 0.5 / 8
 
 
 def _inexact_leaves(tree):
@@ -53,8 +93,14 @@ def _inexact_leaves(tree):
     return [x for x in jtu.tree_leaves(tree) if eqx.is_inexact_array(x) and x.size > 0]
 
 
+def widest(dtypes):
+    """The most precise of some floating dtypes (no promotion: works under
+    `jax_numpy_dtype_promotion="strict"`)."""
+    return max(dtypes, key=lambda dtype: jnp.finfo(dtype).bits)
+
+
 def _largest(arrays):
-    dtype = jnp.result_type(*arrays)
+    dtype = widest([x.dtype for x in arrays])
     return jnp.max(jnp.stack([jnp.max(x).astype(dtype) for x in arrays]))
 
 
@@ -111,69 +157,133 @@ def relative_drift(reconstructed: PyTree, true: PyTree, scales: tuple) -> Array:
     return jnp.where(jnp.isnan(drift), jnp.inf, drift)
 
 
-def drift_message(measured: str, solver_name: str, rtol: float, dtype) -> str:
-    """What the warning and the error say; `measured` is, for example, "a relative
-    error of 3.1e-02 after 10000 steps"; `dtype` is the state's."""
-    if jnp.finfo(dtype).bits < 64:
-        precision = 'use float64 (`jax.config.update("jax_enable_x64", True)`); '
+def _advice(solver, adjoint, dtype) -> str:
+    """What to do about a drifting reconstruction: what would help this solver, in
+    this precision, with these checkpoints."""
+    from ._solver.asynchronous_leapfrog import AsynchronousLeapfrog
+
+    every, slots = adjoint.checkpoint_layout()
+    if every is not None:
+        fixes = [
+            f"store the state more often (`checkpoint_every` smaller than {every}; "
+            "memory: one state per that many steps)"
+        ]
     else:
-        precision = ""
+        fixes = [
+            "restart the reconstruction from more stored states "
+            f"(`ReversibleAdjoint(checkpoints=...)`, now {slots}, or "
+            "`checkpoint_every=...`; memory: one state each)"
+        ]
+    if jnp.finfo(dtype).bits < 64:
+        fixes.append('use float64 (`jax.config.update("jax_enable_x64", True)`)')
+    fixes.append("take smaller steps")
+    if isinstance(solver, Reversible):
+        if solver.coupling < 1:
+            fixes.append(
+                "use a coupling closer to 1 (`Reversible(..., coupling=...)`, now "
+                f"{solver.coupling}), or a solver whose inverse amplifies round-off "
+                "less (`ReversibleHeun`, `AsynchronousLeapfrog()`)"
+            )
+    elif isinstance(solver, AsynchronousLeapfrog) and solver.eta != 1:
+        fixes.append(
+            f"use `AsynchronousLeapfrog(eta=1)` (now `eta={solver.eta}`), whose "
+            "inverse does not amplify round-off by `|1 - 2 eta|^-1` per step"
+        )
+    fixes.append("or use `adjoint=diffrax.RecursiveCheckpointAdjoint()`")
+    return "; ".join(fixes) + "."
+
+
+def drift_message(solver, adjoint, rtol: float, dtype) -> str:
+    """What the warning and the error say when the reconstruction drifted. The same
+    on every call of a configuration: the numbers are the warning's attributes."""
     return (
-        f"`ReversibleAdjoint` with {solver_name} reconstructed the start of the solve "
-        f"with {measured}, above `drift_rtol={rtol:.1e}`: round-off in the "
-        "reconstruction has grown, and the gradient may be inaccurate. To fix it: "
-        "restart the reconstruction from stored states with "
-        "`ReversibleAdjoint(checkpoint_every=...)` (memory: one state per that many "
-        f"steps); {precision}take fewer or smaller steps; "
-        "use a solver whose inverse amplifies round-off less (`ReversibleHeun`, "
-        "`AsynchronousLeapfrog(eta=1)`, or `Reversible(coupling=...)` closer to 1); "
-        "or use `adjoint=diffrax.RecursiveCheckpointAdjoint()`. "
-        "`reversible_adjoint.round_trip_error` measures the drift of a solve "
+        f"`ReversibleAdjoint` with {solver_name(solver)}: the backward pass "
+        "reconstructed the solve with round-off that the gradient amplifies beyond "
+        f"`drift_rtol={rtol:.1e}` (estimated relative error of the gradient; the "
+        "warning's `drift`, `amplification`, `gradient_error` and `steps` say by how "
+        "much), so the gradient may be inaccurate. To fix it: "
+        + _advice(solver, adjoint, dtype)
+        + " `reversible_adjoint.round_trip_error` measures the drift of a solve "
         "without differentiating it."
     )
+
+
+def diverged_message(solver) -> str:
+    """What the warning and the error say when the forward solve was not finite."""
+    return (
+        f"`ReversibleAdjoint` with {solver_name(solver)}: the forward solve diverged "
+        "(its final state is not finite), so neither is its gradient. The "
+        "reconstruction is not the cause: the solver is unstable on this problem at "
+        "this step size. Take smaller steps (or an adaptive step size controller), or "
+        "a solver that is stable here; `diffrax.RecursiveCheckpointAdjoint` would "
+        "differentiate the same non-finite solve."
+    )
+
+
+def _host_warning(solver, adjoint, rtol, dtype):
+    """The host callback that issues the warning, given the numbers."""
+    drift_text = drift_message(solver, adjoint, rtol, dtype)
+    diverged_text = diverged_message(solver)
+
+    def warn(drift, steps, amplification, diverged):
+        diverged = bool(diverged)
+        warning = ReconstructionDriftWarning(
+            diverged_text if diverged else drift_text,
+            drift=float(drift),
+            steps=int(steps),
+            amplification=float(amplification),
+            gradient_error=float(drift * amplification),
+            tolerance=rtol,
+            diverged=diverged,
+        )
+        warnings.warn(warning)
+
+    return warn
 
 
 def check_drift(
     x: PyTree,
     drift: Array,
     num_steps: Array,
+    amplification: Array,
+    diverged: Array,
     *,
-    on_drift: Literal["warn", "raise", "ignore"],
+    adjoint,
+    solver,
     rtol: float,
-    solver_name: str,
     dtype,
 ) -> PyTree:
-    """Acts on a measured `drift` as `on_drift` says, and returns `x`, which the
-    error of `on_drift="raise"` is attached to.
+    """Acts as `adjoint.on_drift` says when `drift * amplification` (the estimated
+    relative error of the gradient) exceeds `rtol`, or the forward solve `diverged`;
+    returns `x`, which the error of `on_drift="raise"` is attached to.
 
     Under `jax.vmap` the batch is checked as one: one warning, with the worst drift.
     """
+    on_drift = adjoint.on_drift
     if on_drift == "ignore":
         return x
     # Not differentiable (and `unvmap_max` has no derivative): forward-over-reverse
     # (`jax.hessian`) differentiates the backward pass this runs in.
-    drift = eqxi.unvmap_max(jax.lax.stop_gradient(drift))
+    drift, amplification = jax.lax.stop_gradient((drift, amplification))
+    estimate = eqxi.unvmap_max(drift * amplification)
+    drift = eqxi.unvmap_max(drift)
+    amplification = eqxi.unvmap_max(amplification)
     num_steps = eqxi.unvmap_max(num_steps)
-
-    def warn(drift, num_steps):
-        measured = (
-            f"a relative error of {float(drift):.1e} after {int(num_steps)} steps"
-        )
-        message = drift_message(measured, solver_name, rtol, dtype)
-        warnings.warn(ReconstructionDriftWarning(message))
-
+    diverged = eqxi.unvmap_any(diverged)
+    # NaN compares false: a NaN estimate is a failure too.
+    failed = diverged | ~(estimate <= rtol)
     if on_drift == "warn":
+        warn = _host_warning(solver, adjoint, rtol, dtype)
         # The host is called only when the check fails.
         jax.lax.cond(
-            drift > rtol,
-            lambda: jax.debug.callback(warn, drift, num_steps),
+            failed,
+            lambda: jax.debug.callback(warn, drift, num_steps, amplification, diverged),
             lambda: None,
         )
         return x
     assert on_drift == "raise"
-    measured = "a relative error (`on_drift='warn'` reports its size)"
-    message = drift_message(measured, solver_name, rtol, dtype)
-    return eqx.error_if(x, drift > rtol, message)
+    x = eqx.error_if(x, diverged, diverged_message(solver))
+    return eqx.error_if(x, failed, drift_message(solver, adjoint, rtol, dtype))
 
 
 def narrowest_dtype(y0) -> jnp.dtype:
@@ -213,9 +323,10 @@ class DriftRecord(eqx.Module):
     @staticmethod
     def init(num_accepted, end):
         scales = magnitudes(end)
-        dtype = jnp.result_type(*[x for x in scales if x is not None], jnp.float32)
-        zero = jnp.zeros((), dtype)
-        return DriftRecord(zero, jnp.zeros((), jnp.int32), num_accepted, scales)
+        present = [x.dtype for x in scales if x is not None]
+        zero = jnp.zeros((), widest(present) if present else jnp.float32)
+        steps = jnp.zeros((), jnp.result_type(num_accepted))
+        return DriftRecord(zero, steps, num_accepted, scales)
 
     def measure(self, reconstructed, true, restart=None):
         """Measures the drift of `reconstructed` against `true`, reconstructed since

@@ -223,30 +223,70 @@ def _write_slot(buffers, slot, due, new):
     return jtu.tree_map(write, buffers, new)
 
 
-class Checkpoints(eqx.Module):
-    """`y` and the solver state after every `every`-th accepted step: entry `j` holds
-    them after step `(j + 1) * every` (counting from 1), for `ceil(max_steps / every)`
-    entries. Non-array leaves of the state are kept once, unstacked."""
+# How many states `ReversibleAdjoint` keeps by default to restart its reconstruction
+# from (`ReversibleAdjoint(checkpoints=...)`).
+DEFAULT_CHECKPOINTS = 8
 
-    every: int = eqx.field(static=True)
+
+class Checkpoints(eqx.Module):
+    """`y` and the solver state after some of the accepted steps, from which the
+    backward pass restarts its reconstruction: after every `every`-th step (counting
+    from 1). Non-array leaves of the state are kept once, unstacked.
+
+    Two layouts:
+
+    - fixed spacing (`ReversibleAdjoint(checkpoint_every=...)`): `every` is that
+        spacing, and entry `j` holds the state after step `(j + 1) * every`, for
+        `ceil(max_steps / every)` entries;
+    - thinned (`ReversibleAdjoint(checkpoints=...)`): a fixed number of entries. The
+        spacing starts at one step and doubles whenever every entry is taken: the
+        states after odd multiples of the old spacing are then dropped, and their
+        entries reused. `counts[j]` is the step after which entry `j` was stored (-1
+        if none), so memory is constant in the number of steps and the stretches
+        between checkpoints are at most `2 * num_accepted / len(counts)` steps long.
+    """
+
+    every: Array
     states: PyTree
+    counts: Array | None
 
     def write(self, num_accepted, keep, y1, solver_state1):
         """Stores `(y1, solver_state1)` if an accepted step brings the count of
         accepted steps from `num_accepted` to a multiple of `every`."""
-        count = num_accepted + 1
-        due = keep & (count % self.every == 0)
-        slot = jnp.maximum(count // self.every - 1, 0)
+        count = (num_accepted + 1).astype(self.every.dtype)
+        if self.counts is None:
+            due = keep & (count % self.every == 0)
+            slot = jnp.maximum(count // self.every - 1, 0)
+            states = _write_slot(self.states, slot, due, (y1, solver_state1))
+            return Checkpoints(self.every, states, None)
+        counts, every = self.counts, self.every
+        due = keep & (count % every == 0)
+        # Every entry taken: double the spacing, which frees those stored after odd
+        # multiples of the old one (the step just taken is one of them or not).
+        full = due & jnp.all((counts >= 0) & (counts % every == 0))
+        every = jnp.where(full, 2 * every, every)
+        due = due & (count % every == 0)
+        free = (counts < 0) | (counts % every != 0)
+        slot = jnp.argmax(free)
         states = _write_slot(self.states, slot, due, (y1, solver_state1))
-        return Checkpoints(self.every, states)
+        counts = counts.at[slot].set(jnp.where(due, count, counts[slot]))
+        return Checkpoints(every, states, counts)
 
     def read(self, j):
-        """`(y, solver_state)` of entry `j`."""
-        return jtu.tree_map(lambda x: x[j] if eqx.is_array(x) else x, self.states)
+        """`(y, solver_state)` after step `(j + 1) * every`."""
+        if self.counts is None:
+            slot = j
+        else:
+            slot = jnp.argmax(
+                self.counts == (j + 1).astype(self.every.dtype) * self.every
+            )
+        return jtu.tree_map(lambda x: x[slot] if eqx.is_array(x) else x, self.states)
 
 
-def init_checkpoints(every, max_steps, y0, solver_state):
-    size = -(-max_steps // every)
+def init_checkpoints(every, slots, max_steps, y0, solver_state):
+    """Empty `Checkpoints`: every `every` steps if `every` is given, else thinned in
+    `slots` entries."""
+    size = -(-max_steps // every) if every is not None else slots
     states = jtu.tree_map(
         lambda x: (
             jnp.zeros((size, *jnp.shape(x)), jnp.result_type(x))
@@ -255,7 +295,10 @@ def init_checkpoints(every, max_steps, y0, solver_state):
         ),
         (y0, solver_state),
     )
-    return Checkpoints(every, states)
+    if every is not None:
+        return Checkpoints(jnp.asarray(every, jnp.int32), states, None)
+    counts = jnp.full((slots,), -1, jnp.int32)
+    return Checkpoints(jnp.ones((), jnp.int32), states, counts)
 
 
 class RecordingState(eqx.Module):
