@@ -67,7 +67,7 @@ def round_trip_error(
     `ceil(max_steps / K)` such errors: entry `j` is the drift of the reconstruction of
     steps `jK` to `(j + 1)K` (zero for stretches the solve did not reach).
     """
-    reversible = as_reversible(solver)
+    reversible = as_reversible(solver, terms)
     solve = _solve(
         terms, solver, t0, t1, dt0, y0, args, stepsize_controller, max_steps, throw
     )
