@@ -21,6 +21,7 @@ def _load_example():
     return module
 
 
+@pytest.mark.quick
 def test_smoke(tmp_path, capsys):
     """The main job end to end, at tiny sizes, one step count and three adjoints (each
     compiled once): its table, the files it writes, and the gradients it compares."""

@@ -5,7 +5,11 @@ import importlib.resources
 import pathlib
 import re
 
+import pytest
+
 import reversible_adjoint as ra
+
+pytestmark = pytest.mark.quick
 
 ROOT = pathlib.Path(__file__).parent.parent
 

@@ -16,6 +16,9 @@ from reversible_adjoint._diffrax_internals import EVENTS_SINCE, release
 
 from .helpers import make_problem
 
+# All of them: part of the quick check of an install (`-m quick`).
+pytestmark = pytest.mark.quick
+
 
 def _solve(**kwargs):
     term, y0, args = make_problem()
