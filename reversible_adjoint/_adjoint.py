@@ -49,6 +49,7 @@ from ._event import (
     run_loop_only,
     without_derivatives,
 )
+from ._refusals import max_steps_none, non_reversible_solver
 from ._solver.base import AbstractReversibleSolver
 from ._solver.leapfrog_midpoint import LeapfrogMidpoint
 from ._solver.reversible_heun import ReversibleHeun
@@ -84,32 +85,12 @@ _DIFFRAX_REVERSIBLE = {
 }
 
 
-def _supported_solvers():
-    ours = [
-        "ReversibleHeun",
-        "AsynchronousLeapfrog",
-        "Reversible(<any explicit Runge-Kutta method>)",
-        "LeapfrogMidpoint",
-        "SemiImplicitEuler",
-    ]
-    names = [f"`reversible_adjoint.{name}`" for name in ours]
-    names += [f"`diffrax.{cls.__name__}`" for cls in _DIFFRAX_REVERSIBLE]
-    return ", ".join(names)
-
-
-def as_reversible(solver) -> AbstractReversibleSolver:
+def as_reversible(solver, terms) -> AbstractReversibleSolver:
     if isinstance(solver, AbstractReversibleSolver):
         return solver
     reversible = _DIFFRAX_REVERSIBLE.get(type(solver))
     if reversible is None:
-        raise ValueError(
-            f"`adjoint=ReversibleAdjoint()` needs an algebraically reversible solver, "
-            f"but got `{type(solver).__name__}`. Supported: {_supported_solvers()}, "
-            "and any subclass of `reversible_adjoint.AbstractReversibleSolver`. To "
-            "keep your solver, wrap it: `reversible_adjoint.Reversible(solver)` makes "
-            "any explicit Runge-Kutta method reversible. Otherwise use "
-            "`adjoint=diffrax.RecursiveCheckpointAdjoint()`."
-        )
+        raise ValueError(non_reversible_solver(solver, terms))
     return reversible()
 
 
@@ -401,11 +382,7 @@ def _check_supported(
             "`adjoint=diffrax.RecursiveCheckpointAdjoint()`."
         )
     if max_steps is None:
-        raise ValueError(
-            "`adjoint=ReversibleAdjoint()` needs `diffeqsolve(..., max_steps=...)` "
-            "to be an integer: with an adaptive step size controller it records "
-            "the time of every accepted step, in a buffer of `max_steps` scalars."
-        )
+        raise ValueError(max_steps_none(stepsize_controller))
     if is_unsafe_sde(terms):
         raise ValueError(
             "`adjoint=ReversibleAdjoint()` does not support `UnsafeBrownianPath`: "
@@ -669,7 +646,7 @@ class ReversibleAdjoint(diffrax.AbstractAdjoint):
         progress_meter,
     ):
         del throw, passed_solver_state, passed_controller_state
-        reversible = as_reversible(solver)
+        reversible = as_reversible(solver, terms)
         _check_supported(
             terms,
             solver,

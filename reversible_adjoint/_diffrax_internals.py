@@ -150,5 +150,5 @@ def clip_to_end(tprev, tnext, t1, t1_clip_floor, keep_step):
     (diffrax's own function); `t1_clip_floor` is `clip_floor(t1)`."""
     if _RELEASE < _INT_STEPS_AND_ULP_CLIP:
         del t1_clip_floor
-        return _clip_to_end(tprev, tnext, t1, keep_step)
+        return _clip_to_end(tprev, tnext, t1, keep_step)  # pyright: ignore  # 0.7.0's
     return _clip_to_end(tprev, tnext, t1, t1_clip_floor, keep_step)

@@ -67,7 +67,7 @@ def round_trip_error(
     `ceil(max_steps / K)` such errors: entry `j` is the drift of the reconstruction of
     steps `jK` to `(j + 1)K` (zero for stretches the solve did not reach).
     """
-    reversible = as_reversible(solver)
+    reversible = as_reversible(solver, terms)
     solve = _solve(
         terms, solver, t0, t1, dt0, y0, args, stepsize_controller, max_steps, throw
     )
@@ -111,6 +111,7 @@ def _solve(terms, solver, t0, t1, dt0, y0, args, controller, max_steps, throw):
         max_steps=max_steps,
         throw=throw,
     )
+    assert sol.ys is not None  # saved by `saveat` above
     step_ends, _ = sol.ys
     num_steps = sol.stats["num_accepted_steps"]
     y1 = jtu.tree_map(lambda x: x[0], sol.ys[1])

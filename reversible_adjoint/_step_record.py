@@ -410,9 +410,10 @@ class RecordingController(diffrax.AbstractStepSizeController):
         self, t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state
     ):
         checkpoints = controller_state.checkpoints
+        solver_state1 = None
         if checkpoints is not None:
             # `ReportingSolver` passes the step's new solver state along here.
-            y_error, solver_state1 = y_error
+            y_error, solver_state1 = y_error  # pyright: ignore[reportGeneralTypeIssues]
         keep, next_tprev, next_tnext, inner, tangents, step_end_tangent, aux = (
             self.advance(
                 t0,
@@ -519,7 +520,7 @@ class ReportingSolver(AbstractWrappedSolver):
         return self.solver.term_structure
 
     @property
-    def interpolation_cls(self):
+    def interpolation_cls(self):  # pyright: ignore[reportIncompatibleMethodOverride]
         return self.solver.interpolation_cls
 
     @property

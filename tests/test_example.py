@@ -4,6 +4,7 @@ multi-device sharding against a single device."""
 import importlib.util
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import textwrap
@@ -20,6 +21,7 @@ def _load_example():
     return module
 
 
+@pytest.mark.quick
 def test_smoke(tmp_path, capsys):
     """The main job end to end, at tiny sizes, one step count and three adjoints (each
     compiled once): its table, the files it writes, and the gradients it compares."""
@@ -50,8 +52,20 @@ def test_smoke(tmp_path, capsys):
             str(tmp_path / "out"),
         ]
     )
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "training: loss" in printed
+    # Three phases, each numbered out of three; the adjoints compared in the third
+    # are numbered apart (not `[1/3] ReversibleAdjoint`, read as a phase).
+    bars = captured.err
+    for phase in ("[1/3] data", "[2/3] training"):
+        assert phase in bars, bars
+    assert "[3/3] one gradient" in printed
+    assert "adjoint 3 of 3: BacksolveAdjoint" in bars, bars
+    assert re.search(r"\[\d/\d\] (Reversible|Recursive|Backsolve)", bars) is None
+    # BacksolveAdjoint's refusal of the save times, in our words.
+    assert f"refused: {example.BACKSOLVE_REFUSAL}" in printed
+    assert "Unexpected tangent" not in printed
     table = [line for line in printed.splitlines() if line.startswith("| 8 |")]
     assert [line.split(" | ")[1] for line in table] == [
         "ReversibleAdjoint",

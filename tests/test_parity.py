@@ -49,7 +49,16 @@ def _check(controller_name, saveat, solver=SOLVERS[0], inputs=None, **kwargs):
 @pytest.mark.parametrize(
     "solver, controller_name, saveat_name",
     [
-        (SOLVERS[0], name, saveat_name)
+        # Constant and adaptive steps, every input, save times included: part of the
+        # quick check of an install (`-m quick`).
+        pytest.param(
+            SOLVERS[0],
+            name,
+            saveat_name,
+            marks=[pytest.mark.quick]
+            if saveat_name == "ts" and name != "stepto"
+            else [],
+        )
         for name in ("constant", "pid", "stepto")
         for saveat_name in ("ts", "steps")
     ]

@@ -1,16 +1,23 @@
 """Unsupported options raise at trace time, with a message naming the option and the
 alternative."""
 
+import math
+import re
+
 import diffrax
 import jax
 import jax.numpy as jnp
 import jax.random as jr
+import lineax as lx
 import pytest
 
 import reversible_adjoint as ra
 from reversible_adjoint._diffrax_internals import EVENTS_SINCE, release
 
 from .helpers import make_problem
+
+# All of them: part of the quick check of an install (`-m quick`).
+pytestmark = pytest.mark.quick
 
 
 def _solve(**kwargs):
@@ -29,17 +36,129 @@ def _solve(**kwargs):
     return diffrax.diffeqsolve(**options)
 
 
+# The solvers a refusal advises, as it writes them: `reversible_adjoint.Heun()`,
+# `reversible_adjoint.Reversible(diffrax.Heun())`, `diffrax.ReversibleHeun()`.
+_ADVISED = re.compile(
+    r"`((?:reversible_adjoint|diffrax)\.\w+\((?:diffrax\.\w+\(\))?\))`"
+)
+
+
+def _advised(message):
+    """The solvers named in `message`, constructed."""
+    namespace = {"reversible_adjoint": ra, "diffrax": diffrax}
+    return [eval(spelled, namespace) for spelled in _ADVISED.findall(message)]
+
+
+def _sde_problem():
+    bm = diffrax.VirtualBrownianTree(0.0, 1.0, 1e-3, (2,), key=jr.PRNGKey(0))
+    terms = diffrax.MultiTerm(
+        diffrax.ODETerm(lambda t, y, args: -y),
+        diffrax.ControlTerm(lambda t, y, args: lx.DiagonalLinearOperator(0.1 * y), bm),
+    )
+    return dict(terms=terms, y0=jnp.ones(2), args=None)
+
+
 def test_non_reversible_solver():
+    """An explicit Runge-Kutta method: wrapping it is advised, and works."""
     with pytest.raises(
         ValueError,
-        match=r"reversible solver.*Tsit5.*ReversibleHeun.*RecursiveCheckpointAdjoint",
-    ):
+        match=r"reversible solver.*Tsit5.*`reversible_adjoint\.Reversible\("
+        r"diffrax\.Tsit5\(\)\)`.*RecursiveCheckpointAdjoint",
+    ) as info:
         _solve(solver=diffrax.Tsit5())
+    advised = _advised(str(info.value))
+    assert ra.Reversible(diffrax.Tsit5()) in advised
+    for solver in advised:
+        if isinstance(solver, ra.SemiImplicitEuler | diffrax.SemiImplicitEuler):
+            continue  # advised for separable Hamiltonians only, which this is not
+        _solve(solver=solver)
 
 
-def test_max_steps_none():
-    with pytest.raises(ValueError, match=r"max_steps=\.\.\.\)` to be an integer"):
-        _solve(max_steps=None)
+def test_implicit_solver():
+    """An implicit solver: no `Reversible(...)` of it (which is refused too), but the
+    solver itself with `RecursiveCheckpointAdjoint`."""
+    pid = diffrax.PIDController(rtol=1e-3, atol=1e-6)
+    with pytest.raises(ValueError, match=r"`Kvaerno5`, an implicit solver") as info:
+        _solve(solver=diffrax.Kvaerno5(), stepsize_controller=pid)
+    message = str(info.value)
+    assert (
+        "keep `Kvaerno5` with `adjoint=diffrax.RecursiveCheckpointAdjoint()`" in message
+    )
+    assert not any(isinstance(s, ra.Reversible) for s in _advised(message))
+    with pytest.raises(ValueError, match=r"implicit"):
+        ra.Reversible(diffrax.Kvaerno5())
+    _solve(
+        solver=diffrax.Kvaerno5(),
+        stepsize_controller=pid,
+        adjoint=diffrax.RecursiveCheckpointAdjoint(),
+    )
+
+
+def test_ito_solver_on_an_sde():
+    """`Euler` on an SDE (an Itô solver): the Stratonovich form and the solvers that
+    take it, each of which works on that SDE, and no `Reversible(Euler())`, which
+    cannot solve it."""
+    sde = _sde_problem()
+    with pytest.raises(
+        ValueError, match=r"`Euler`.*Itô.*Stratonovich form.*ReversibleHeun"
+    ) as info:
+        _solve(solver=diffrax.Euler(), **sde)
+    advised = _advised(str(info.value))
+    assert advised and ra.Reversible(diffrax.Euler()) not in advised
+    for solver in advised:
+        _solve(solver=solver, **sde)
+    with pytest.raises(ValueError, match=r"cannot solve an SDE"):
+        _solve(solver=ra.Reversible(diffrax.Euler()), **sde)
+
+
+def test_stratonovich_solver_on_an_sde():
+    """`Heun` on an SDE: wrapping it is advised, and works on that SDE."""
+    sde = _sde_problem()
+    with pytest.raises(ValueError, match=r"`Heun`") as info:
+        _solve(solver=diffrax.Heun(), **sde)
+    advised = _advised(str(info.value))
+    assert ra.Reversible(diffrax.Heun()) in advised
+    for solver in advised:
+        _solve(solver=solver, **sde)
+
+
+def test_max_steps_none_constant_steps():
+    """With constant steps: the number of steps to pass, which is enough (and one
+    fewer is not), and no talk of recording adaptive steps."""
+    t0, t1, dt0 = 0.0, 1.0, 0.3
+    with pytest.raises(
+        ValueError, match=r"max_steps=\.\.\.\)` to be an integer"
+    ) as info:
+        _solve(t0=t0, t1=t1, dt0=dt0, max_steps=None)
+    message = str(info.value)
+    formula = re.search(r"`max_steps=(math\.ceil\(.*?\))`", message).group(1)
+    steps = eval(formula, {"math": math, "t0": t0, "t1": t1, "dt0": dt0})
+    assert "Nothing is stored per step" in message and "adaptive" not in message
+    sol = _solve(t0=t0, t1=t1, dt0=dt0, max_steps=steps)
+    assert int(sol.stats["num_steps"]) == steps
+    with pytest.raises(Exception, match=r"max_steps"):
+        jax.block_until_ready(_solve(t0=t0, t1=t1, dt0=dt0, max_steps=steps - 1).ys)
+
+
+def test_max_steps_none_step_to():
+    """With `StepTo`: the number of steps itself."""
+    ts = jnp.linspace(0.0, 1.0, 7)
+    controller = diffrax.StepTo(ts=ts)
+    with pytest.raises(ValueError, match=rf"`max_steps={len(ts) - 1}`"):
+        _solve(stepsize_controller=controller, dt0=None, max_steps=None)
+    sol = _solve(stepsize_controller=controller, dt0=None, max_steps=len(ts) - 1)
+    assert int(sol.stats["num_steps"]) == len(ts) - 1
+
+
+def test_max_steps_none_adaptive_steps():
+    """With an adaptive controller: why a bound is needed, and one to start from."""
+    pid = diffrax.PIDController(rtol=1e-3, atol=1e-6)
+    with pytest.raises(
+        ValueError,
+        match=r"adaptive step size controller \(`PIDController`\) it records the time "
+        r"of every accepted step.*`max_steps=4096`.*num_steps",
+    ):
+        _solve(stepsize_controller=pid, max_steps=None)
 
 
 def test_dense():
