@@ -217,7 +217,7 @@ def goals(rows):
             ),
         ]
         if "ReversibleAdjoint(checkpoints=0)" in by:
-            # The default's 8 checkpoints (the drift guard) against none.
+            # The default's 16 checkpoints (the drift guard) against none.
             without = by["ReversibleAdjoint(checkpoints=0)"]
             checks.append(
                 (

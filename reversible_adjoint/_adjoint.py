@@ -537,11 +537,11 @@ class ReversibleAdjoint(diffrax.AbstractAdjoint):
     [`reversible_adjoint.ReconstructionDriftWarning`][] (default), a run-time error, or
     nothing. Under `jax.vmap` the batch warns once, with its worst drift.
 
-    **Checkpoints.** By default (`checkpoints=8`) the forward pass keeps `y` and the
-    solver state after 8 of its accepted steps, evenly spaced: every step at first,
-    then, each time all 8 are taken, every other one is dropped and the spacing
-    doubles. Memory is 8 states whatever the number of steps, and round-off is
-    amplified over at most a quarter of the steps, not all of them (on the
+    **Checkpoints.** By default (`checkpoints=16`) the forward pass keeps `y` and the
+    solver state after 16 of its accepted steps, evenly spaced: every step at first,
+    then, each time all 16 are taken, every other one is dropped and the spacing
+    doubles. Memory is 16 states whatever the number of steps, and round-off is
+    amplified over at most an eighth of the steps, not all of them (on the
     Lotka–Volterra solve of diffrax's Hessian example, this takes the gradient's error
     from 1e-4 to 1e-10). `checkpoints=K` keeps `K`; `checkpoints=0` none (the drift
     then grows over the whole solve). `checkpoint_every=K` instead keeps a state after
@@ -714,7 +714,7 @@ ReversibleAdjoint.__init__.__doc__ = """**Arguments:**
     a solve's drift.
 - `checkpoints`: how many states the forward pass keeps, evenly spaced over its
     accepted steps however many there are (thinned as the solve grows), for the
-    backward pass to restart its reconstruction from. `None` (default) keeps 8; `0`
+    backward pass to restart its reconstruction from. `None` (default) keeps 16; `0`
     none (O(1) memory in states: the reconstruction runs through the whole solve).
 - `checkpoint_every`: instead of `checkpoints`, keep the state after every
     `checkpoint_every`-th accepted step, bounding drift at the cost of

@@ -705,7 +705,10 @@ def backward(
     drift = carry.drift.measure(
         (carry.y, carry.solver_state), (inputs["y0"], inputs["solver_state"])
     )
-    amplification = _amplification(static.solver, inputs, a_y, carry.a_state)
+    injected = _largest_magnitude(
+        (grad_state.y, grad_state.solver_state, [sub.ct_ys for sub in subs])
+    )
+    amplification = _amplification(static.solver, inputs, a_y, carry.a_state, injected)
     diverged = ~_all_finite((residuals.y, residuals.solver_state))
     return check_drift(
         cts,
@@ -725,34 +728,53 @@ def _all_finite(tree) -> Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
-def _amplification(solver, inputs, a_y, a_state) -> Array:
-    """How much the gradient amplifies a relative reconstruction error: the largest
-    cotangent of the initial `y` and solver state taken apart, over the largest of the
-    cotangent of `y0` they make together (through `solver.init`, as the caller's
-    gradient does), at least 1.
+def _amplification(solver, inputs, a_y, a_state, injected) -> Array:
+    """How much the gradient amplifies a relative reconstruction error (at least 1):
+    the product of two factors, each at least 1, derived on the maths page.
 
-    The backward pass differentiates with respect to `y` and the solver state as
-    independent variables, which they are not (`z_0 = y_0` for `Reversible`, the
-    cached evaluation `f(t_0, y_0)` for reversible Heun and ALF). A reconstruction
-    error moves them apart, into a direction of the extended state that the caller's
-    gradient never sees except through this error; where their cotangents are large
-    and cancel in `y0`'s (on periodic problems, by thousands), the gradient's relative
-    error is that many times the relative drift. The maths page derives it."""
-    y0 = inputs["y0"]
-    leaves = [x for x in jtu.tree_leaves((a_y, a_state)) if eqx.is_inexact_array(x)]
-    if not leaves or not jtu.tree_leaves(inputs["solver_state"]):
-        return jnp.ones(())
-    init = lambda y: solver.init(
-        inputs["terms"], inputs["tprev"], inputs["tnext"], y, inputs["args"]
-    )
-    _, pullback = eqx.filter_vjp(init, y0)
-    (a_init,) = pullback(a_state)
-    together = add(a_y, a_init)
+    - Cancellation: the largest cotangent of the initial `y` and solver state taken
+        apart, over the largest of the cotangent of `y0` they make together (through
+        `solver.init`, as the caller's gradient does). The backward pass
+        differentiates with respect to `y` and the solver state as independent
+        variables, which they are not (`z_0 = y_0` for `Reversible`, the cached
+        evaluation `f(t_0, y_0)` for reversible Heun and ALF). A reconstruction error
+        moves them apart, into a direction that the caller's gradient sees only
+        through this error; where their cotangents cancel in `y0`'s (on periodic
+        problems, by thousands), the error does not.
+    - Growth: the largest cotangent of `y0` over the largest cotangent the loss put
+        on the solution (`injected`: on the final state and on the saved values). It
+        measures how much the solve's tangent map grows, as the shear of the phase
+        of a periodic orbit does, and the gradient's sensitivity to a change of the
+        trajectory grows with it.
+    """
+    if jtu.tree_leaves(eqx.filter(inputs["solver_state"], eqx.is_inexact_array)):
+        init = lambda y: solver.init(
+            inputs["terms"], inputs["tprev"], inputs["tnext"], y, inputs["args"]
+        )
+        _, pullback = eqx.filter_vjp(init, inputs["y0"])
+        (a_init,) = pullback(a_state)
+        together = add(a_y, a_init)
+    else:
+        together = a_y
     apart = _largest_magnitude((a_y, a_state))
     combined = _largest_magnitude(together)
-    ratio = apart / jnp.where(combined > 0, combined, 1)
+    # Cotangents that do not cancel at all (none together, some apart) are as bad as
+    # it gets; the growth from nothing injected (all of it from the event or `args`)
+    # is not measured.
+    cancellation = _at_least_one(apart, combined, zero_over=jnp.inf)
+    growth = _at_least_one(combined, injected, zero_over=1.0)
+    return cancellation * growth
+
+
+def _at_least_one(numerator, denominator, *, zero_over) -> Array:
+    """`max(numerator / denominator, 1)`; 1 if both are zero, `zero_over` if only the
+    denominator is."""
+    denominator = denominator.astype(numerator.dtype)
+    safe = jnp.where(denominator > 0, denominator, 1)
     return jnp.where(
-        combined > 0, jnp.maximum(ratio, 1), jnp.where(apart > 0, jnp.inf, 1)
+        denominator > 0,
+        jnp.maximum(numerator / safe, 1),
+        jnp.where(numerator > 0, zero_over, 1),
     )
 
 

@@ -225,7 +225,7 @@ def _write_slot(buffers, slot, due, new):
 
 # How many states `ReversibleAdjoint` keeps by default to restart its reconstruction
 # from (`ReversibleAdjoint(checkpoints=...)`).
-DEFAULT_CHECKPOINTS = 8
+DEFAULT_CHECKPOINTS = 16
 
 
 class Checkpoints(eqx.Module):
