@@ -1,5 +1,5 @@
-"""How `Reversible` steps its base method: with the stages unrolled from the Butcher
-tableau (what it does), against diffrax's own Runge–Kutta `step`, whose stages run in
+"""How `Reversible` steps its base method: from the Butcher tableau, its stages in a
+`lax.scan` (what it does), against diffrax's own Runge–Kutta `step`, whose stages run in
 an `equinox.internal.while_loop` of kind `scan_kind`: `None` (the default) is
 `"checkpointed"`, a `custom_vjp` that evaluates every stage again in its pullback and
 that forward mode cannot differentiate; `"bounded"` can be differentiated in both
@@ -7,8 +7,8 @@ modes. (`"lax"` cannot be reverse-differentiated.) The cost of each, for the
 reverse-mode adjoints (`ReversibleAdjoint`, `RecursiveCheckpointAdjoint`), and
 whether it changes the solver's output. A base stepped by its own `step` is a
 subclass of the base method that overrides `step` (with diffrax's), which
-`Reversible` does not unroll; `ReversibleAdjoint` fuses its backward step with
-`scan_kind=None`, not with `"bounded"`.
+`Reversible` does not step from its tableau; `ReversibleAdjoint` fuses its backward
+step with `scan_kind=None`, not with `"bounded"`.
 
 Problem: a small MLP neural ODE (width 64, depth 2, batch 16 x state 32), float32, 2000
 constant steps on [0, 1], gradient of `mean(y(1) ** 2)` with respect to the MLP's
@@ -50,9 +50,9 @@ ADJOINTS = {
     "ReversibleAdjoint": ra.ReversibleAdjoint,
     "RecursiveCheckpointAdjoint": diffrax.RecursiveCheckpointAdjoint,
 }
-# How the base is stepped: unrolled (`Reversible`'s way), or by diffrax's `step` with
-# its stages in a loop of kind `scan_kind`.
-KINDS = ("unrolled", "loop:None", "loop:bounded")
+# How the base is stepped: from its tableau (`Reversible`'s way), or by diffrax's `step`
+# with its stages in a loop of kind `scan_kind`.
+KINDS = ("tableau", "loop:None", "loop:bounded")
 
 
 def make_problem():
@@ -66,7 +66,7 @@ def make_problem():
 
 def make_fns(base, kind, adjoint, num_steps):
     params, static, terms, y0 = make_problem()
-    if kind == "unrolled":
+    if kind == "tableau":
         solver = ra.Reversible(BASES[base]())
     else:
         scan_kind = None if kind == "loop:None" else kind.removeprefix("loop:")
@@ -103,7 +103,7 @@ def main():
     if cli.hlo_digest:
         for base in BASES:
             for adjoint in ADJOINTS:
-                grad, forward, args = make_fns(base, "unrolled", adjoint, cli.steps)
+                grad, forward, args = make_fns(base, "tableau", adjoint, cli.steps)
                 for name, fn in (("gradient", grad), ("forward", forward)):
                     text = fn.lower(*args).as_text()
                     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -126,11 +126,11 @@ def main():
     print(f"{cli.steps} steps, median of {cli.repeats} interleaved repeats")
     print(
         f"{'base':8s} {'adjoint':26s} {'stages':12s} {'time (s)':>9s} "
-        f"{'temp MiB':>9s} {'vs unrolled':>14s} {'max |Δy(1)|':>12s}"
+        f"{'temp MiB':>9s} {'vs tableau':>14s} {'max |Δy(1)|':>12s}"
     )
     for key in compiled:
         base, adjoint, kind = key
-        ref = (base, adjoint, "unrolled")
+        ref = (base, adjoint, "tableau")
         t, t_ref = times[key], times[ref]
         diff = np.max(np.abs(outputs[key] - outputs[ref]))
         print(

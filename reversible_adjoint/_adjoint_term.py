@@ -19,8 +19,8 @@ Either way a backward step costs one linearisation and one transpose.
 `Reversible`'s evaluations are steps of its base method (as far as their solutions
 need), two per step, which its inverse makes at the same points as the step: each is
 linearised once, and replayed in the same backward step: with a custom JVP
-(`_replay`), as a vector field is, when its linearisation can be transposed (an
-unrolled Runge–Kutta step; `evaluation_transposable`), else with a custom VJP
+(`_replay`), as a vector field is, when its linearisation can be transposed (a
+Runge–Kutta step from its tableau; `evaluation_transposable`), else with a custom VJP
 (`_replay_vjp`), which forward mode cannot differentiate. A backward step costs two
 base steps and the pullbacks of two, against four base steps and the pullbacks of two
 unfused.

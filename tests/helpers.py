@@ -144,12 +144,15 @@ def solve_on_grid(solver, terms, ts, y0, args):
 
 
 def count_primitives(jaxpr, name):
-    """Occurrences of the primitive `name` in `jaxpr`, sub-jaxprs included."""
+    """Occurrences of the primitive `name` in `jaxpr`, sub-jaxprs included, those in
+    the body of a `scan` (as `Reversible` makes its base method's stages) once per
+    iteration: how many times it runs, where no other loop holds it."""
     count = 0
     for eqn in jaxpr.eqns:
         count += eqn.primitive.name == name
+        iterations = eqn.params["length"] if eqn.primitive.name == "scan" else 1
         for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-            count += count_primitives(sub, name)
+            count += iterations * count_primitives(sub, name)
     return count
 
 

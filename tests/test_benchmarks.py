@@ -74,3 +74,16 @@ def test_parity_sweep_quick():
     printed = _run("parity_sweep", "--quick")
     lines = [line for line in printed.splitlines() if line.startswith("ok ")]
     assert len(lines) == 4, printed
+
+
+@pytest.mark.slow
+def test_quick_pytree_state_benchmark(tmp_path):
+    printed = _run("pytree_state", "--quick", "--output", str(tmp_path))
+    assert "| tuple2 | Tsit5 | Reversible + ReversibleAdjoint |" in printed
+    rows = json.loads((tmp_path / "pytree_state.json").read_text())
+    ours = [r for r in rows if r["method"] == "Reversible + ReversibleAdjoint"]
+    assert {(r["state"], r["base"]) for r in ours} == {
+        (state, base) for state in ("tuple2", "dict2") for base in ("Midpoint", "Tsit5")
+    }
+    # float32 gradients of the same solver: `ReversibleAdjoint` against RCA.
+    assert all(r["error"] < 1e-4 for r in ours)

@@ -95,8 +95,8 @@ ADJOINTS = {
 # `DirectAdjoint` makes the same switch (to `scan_kind="bounded"`) for forward and
 # reverse mode. `ReversibleAdjoint` on bases left at the default `scan_kind` is in
 # test_reversible_wrapper.py; here, in the slow suite, a base's own
-# `scan_kind="bounded"`, which an unrolled base ignores (the backward step is fused
-# either way). (The unfused backward step, for a base stepped by its own
+# `scan_kind="bounded"`, which a tableau-stepped base ignores (the backward step is
+# fused either way). (The unfused backward step, for a base stepped by its own
 # `step`, is in test_reversible_fused.py.)
 CASES = [
     ("Midpoint", "ForwardMode"),

@@ -109,7 +109,7 @@ _HESSIAN_PARAMS = (jnp.array([1.0, -0.6]), jnp.array(0.5))
 
 class _OwnStepMidpoint(diffrax.Midpoint):
     """`Midpoint` with a `step` of its own: `Reversible` steps it by that `step`, not
-    with unrolled stages."""
+    from its tableau."""
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         return super().step(terms, t0, t1, y0, args, solver_state, made_jump)
@@ -126,7 +126,7 @@ def test_forward_differentiable_base_is_not_fused():
     solver = ra.Reversible(_OwnStepMidpoint(scan_kind="bounded"))
     assert solver.evaluation_reuse is None
     assert ra.Reversible(diffrax.Euler()).evaluation_reuse is None
-    # (The fused backward step of an unrolled base is differentiated in
+    # (The fused backward step of a tableau-stepped base is differentiated in
     # `tests/test_higher_order.py`.)
     loss = _hessian_loss(solver)
     want = jax.hessian(loss)(_HESSIAN_PARAMS, diffrax.RecursiveCheckpointAdjoint())

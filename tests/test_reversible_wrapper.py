@@ -154,7 +154,7 @@ def test_sde_parity(base):
 
 
 #
-# The base step, its stages unrolled, against diffrax's own.
+# The base step from its tableau, against diffrax's own.
 #
 
 
@@ -184,8 +184,8 @@ def _base_step_terms(sde):
     ],
 )
 def test_base_step_is_diffraxs(base, sde):
-    """`Reversible` steps its base method with the stages unrolled from the Butcher
-    tableau: the increment, error estimate and dense output of diffrax's own `step`
+    """`Reversible` steps its base method from the Butcher tableau (its stages in a
+    `lax.scan`): the increment, error estimate and dense output of diffrax's own `step`
     (from a fresh `init`), forwards and backwards in time, to round-off. First-same-as-
     last (Bosh3, Tsit5, Dopri5) and solution-same-as-last (Tsit5, Dopri5) tableaux,
     and a Stratonovich SDE's control."""

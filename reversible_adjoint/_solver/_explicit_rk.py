@@ -1,25 +1,43 @@
 """One step of an explicit Runge–Kutta method, from its Butcher tableau, with the
-stages unrolled.
+stages in a `jax.lax.scan`.
 
 diffrax runs a Runge–Kutta method's stages in an `equinox.internal.while_loop`. Its
 default kind is a checkpointed loop, whose pullback evaluates every stage again; the
 kinds that avoid that cost reverse mode time of their own, and only one of them can be
-differentiated in both modes. Here the stages are a Python loop, traced once each: the
-step is plain JAX, differentiable in both modes, its linearisation keeps every stage's
-residuals, and its transpose evaluates nothing again. Together, `stages`, `increment`
-and `error_and_dense_info` compute what diffrax's `step` does for a method with one
-explicit `diffrax.ButcherTableau`, from a fresh start (`made_jump=False` on a first
-step: no first-same-as-last reuse), to round-off: the same stages, solution, error
-estimate and `dense_info`.
+differentiated in both modes. Here the stages are a `lax.scan` over the rows of the
+tableau: the step is plain JAX, differentiable in both modes, its linearisation keeps
+every stage's residuals, and its transpose evaluates nothing again. Together, `stages`,
+`increment` and `error_and_dense_info` compute what diffrax's `step` does for a method
+with one explicit `diffrax.ButcherTableau`, from a fresh start (`made_jump=False` on a
+first step: no first-same-as-last reuse), to round-off: the same stages, solution,
+error estimate and `dense_info`.
 
-The solution needs only the first `solution_stages(tableau)` stages; the others (the
-last stage of a first-same-as-last method, at the step's end) serve the error estimate
-and the dense output only, so they are computed apart, when those are wanted.
+Why a loop and not a Python loop over the stages (traced once each). Unrolled, the
+stages of a step form one chain of elementwise operations wherever the vector field is
+elementwise (a reaction term, `jnp.roll` stencils, a coupling between the leaves of a
+pytree state), and XLA fuses that chain into each of the step's outputs separately,
+recomputing every earlier stage in each (and, through a `jnp.roll`, at each shifted
+index). The compiled program then grows much faster than the work: with
+`Reversible(Tsit5())` on a pair of 8×8 fields, 20 steps, `ReversibleAdjoint`'s gradient
+compiled to about 175,000 lines of HLO, in 100 s, and ran 8,000 times slower than plain
+`Tsit5` with `RecursiveCheckpointAdjoint` (`benchmarks/pytree_state.py`). The loop
+materialises each stage, as diffrax's own stage loop does, so that no fusion spans more
+than one stage; its cost on a state of one array (an MLP's, whose matrix products XLA
+does not fuse across anyway) is the loop's overhead.
+
+The stages are kept stacked along a leading axis of each leaf, as diffrax's step gives
+them to the method's interpolation (`dense_info["k"]`). The solution needs only the
+first `solution_stages(tableau)` stages; the others (the last stage of a
+first-same-as-last method, at the step's end) serve the error estimate and the dense
+output only, so they are computed apart, when those are wanted.
 """
 
 import diffrax
+import jax
+import jax.lax as lax
 import jax.numpy as jnp
 import jax.tree_util as jtu
+import numpy as np
 
 
 def explicit_tableau(solver) -> diffrax.ButcherTableau | None:
@@ -41,56 +59,72 @@ def solution_stages(tableau: diffrax.ButcherTableau) -> int:
     return 1 + max(i for i, b in enumerate(tableau.b_sol) if b != 0)
 
 
-def _combination(coefficients, ks, like):
-    """`Σ_j coefficients[j]·ks[j]` over the nonzero coefficients, summed in order (as
-    diffrax's dot product of a tableau row with the stages), or zeros like `like`."""
-    terms = [(float(a), k) for a, k in zip(coefficients, ks) if a != 0]
-    if not terms:
-        return jtu.tree_map(jnp.zeros_like, like)
+def num_stages(ks) -> int:
+    """The number of stages in `ks` (stacked along a leading axis of each leaf)."""
+    return jtu.tree_leaves(ks)[0].shape[0]
 
-    def combine(*leaves):
-        total = terms[0][0] * leaves[0]
-        for (a, _), leaf in zip(terms[1:], leaves[1:]):
-            total = total + a * leaf
-        return total
 
-    return jtu.tree_map(combine, *[k for _, k in terms])
+def _dot(coefficients, ks):
+    """`Σ_j coefficients[j]·ks[j]`, over the stages `ks` stacked along a leading axis of
+    each leaf (as diffrax's dot product of a tableau row with the stages)."""
+    return jtu.tree_map(
+        lambda k: jnp.tensordot(jnp.asarray(coefficients, k.dtype), k, axes=1), ks
+    )
 
 
 def _add(y, increment):
     return jtu.tree_map(lambda a, b: a + b, y, increment)
 
 
-def stages(tableau, terms, t0, t1, y0, args, ks=(), stop=None) -> tuple:
+def stages(tableau, terms, t0, t1, y0, args, ks=None, stop=None):
     """The stages `k_0, ..., k_{stop−1}` (all by default) of the step of the explicit
-    method `tableau` from `(t0, y0)` to `t1` (either side of `t0`), continuing from the
-    first `len(ks)` stages, given. Stage `i` is
+    method `tableau` from `(t0, y0)` to `t1` (either side of `t0`), stacked along a
+    leading axis of each leaf, continuing from the first stages `ks` (stacked the same
+    way), given. Stage `i` is
     `k_i = terms.vf_prod(t0 + c_i·(t1 − t0), y0 + Σ_j a_ij·k_j, args, control)` with
     `control = terms.contr(t0, t1)`, as in diffrax (a stage at `c_i = 1` is taken at
-    `t1` exactly)."""
+    `t1` exactly). Two or more stages are made in a `lax.scan` (module docstring); a
+    single one is made directly."""
     stop = tableau.num_stages if stop is None else stop
-    ks = list(ks)
-    if len(ks) >= stop:
-        return tuple(ks)
+    start = 0 if ks is None else num_stages(ks)
+    if start >= stop:
+        return ks
     control = terms.contr(t0, t1)
     dt = t1 - t0
-    c = (0.0, *tableau.c)
-    rows = ((), *tableau.a_lower)
-    for i in range(len(ks), stop):
-        if c[i] == 0:
-            t_i = t0
-        elif c[i] == 1:
-            t_i = t1
-        else:
-            t_i = t0 + float(c[i]) * dt
-        y_i = _add(y0, _combination(rows[i], ks, y0)) if i > 0 else y0
-        ks.append(terms.vf_prod(t_i, y_i, args, control))
-    return tuple(ks)
+    # The tableau as a strictly lower triangular `stop × stop` matrix, and its nodes.
+    a = np.zeros((stop, stop))
+    for i, row in enumerate(tableau.a_lower[: stop - 1]):
+        a[i + 1, : len(row)] = row
+    c = np.array([0.0, *tableau.c])[:stop]
+
+    def stage(ks, c_i, a_i):
+        t_i = jnp.where(c_i == 1, t1, t0 + c_i * dt)
+        return terms.vf_prod(t_i, _add(y0, _dot(a_i, ks)), args, control)
+
+    shapes = jax.eval_shape(lambda: terms.vf_prod(t0, y0, args, control))
+    buffer = jtu.tree_map(lambda s: jnp.zeros((stop, *s.shape), s.dtype), shapes)
+    if ks is not None:
+        buffer = jtu.tree_map(lambda b, k: b.at[:start].set(k), buffer, ks)
+    c = jnp.asarray(c[start:], jnp.result_type(dt))
+
+    def body(ks, row):
+        i, c_i, a_i = row
+        k_i = stage(ks, c_i, a_i)
+        ks = jtu.tree_map(
+            lambda k, x: lax.dynamic_update_index_in_dim(k, x, i, 0), ks, k_i
+        )
+        return ks, None
+
+    rows = (jnp.arange(start, stop), c, a[start:])
+    if stop - start == 1:
+        return body(buffer, jtu.tree_map(lambda x: x[0], rows))[0]
+    return lax.scan(body, buffer, rows)[0]
 
 
 def increment(tableau, ks, y0):
     """`Σ_i b_i·k_i`: the solution is `y0` plus this."""
-    return _combination(tableau.b_sol, ks, y0)
+    del y0
+    return _dot(tableau.b_sol[: num_stages(ks)], ks)
 
 
 def error_and_dense_info(tableau, terms, t0, t1, y0, args, ks, step_increment):
@@ -100,6 +134,5 @@ def error_and_dense_info(tableau, terms, t0, t1, y0, args, ks, step_increment):
     leading axis of each leaf, as diffrax's Runge–Kutta step gives them to the
     method's interpolation."""
     ks = stages(tableau, terms, t0, t1, y0, args, ks)
-    y_error = _combination(tableau.b_error, ks, y0)
-    k = jtu.tree_map(lambda *leaves: jnp.stack(leaves), *ks)
-    return y_error, dict(y0=y0, y1=_add(y0, step_increment), k=k)
+    y_error = _dot(tableau.b_error, ks)
+    return y_error, dict(y0=y0, y1=_add(y0, step_increment), k=ks)

@@ -37,14 +37,15 @@ Design notes.
     cannot differentiate; `"bounded"` both can, but it costs reverse mode time and
     memory. A base method with one explicit Butcher tableau (every explicit
     Runge–Kutta method in diffrax) is therefore stepped not by its `step` but by
-    `_explicit_rk.py`, which unrolls the stages from the tableau in Python: the same
+    `_explicit_rk.py`, which runs the stages of the tableau in a `lax.scan`: the same
     stages, solution, error estimate and `dense_info` as diffrax's step, to round-off,
     in plain JAX, which both modes differentiate, whose linearisation keeps every
     stage's residuals and can be transposed, and whose pullback evaluates nothing
-    again (on the problem of
-    `benchmarks/scan_kind.py`, `ReversibleAdjoint`'s gradient is 2.4 times faster with
-    `Midpoint` and 1.5 with `Tsit5` than with diffrax's default loop, for 1.3 and 2.6
-    times its memory, which does not grow with the steps). The forward
+    again (`benchmarks/scan_kind.py` compares it with diffrax's own loops). The stages
+    are a loop, not a Python loop traced once per stage: unrolled, XLA fuses the chain
+    of stages of an elementwise vector field (on a pytree state, say) into each output
+    separately, and the compiled program grows much faster than the work
+    (`benchmarks/pytree_state.py`; `_explicit_rk.py` has the numbers). The forward
     and backward base steps both go through it, so the inverse stays the algebraic
     inverse of the step. `evaluation` makes the stages the solution needs; the others
     (the last of a first-same-as-last method, which serves the error estimate and the
@@ -58,9 +59,9 @@ Design notes.
     `Reversible` is registered as a virtual subclass of `AbstractRungeKutta` and has a
     `scan_kind` field of its own, so that switch reaches it, and `_base_for_stepping`
     passes it on to a base method left at `None` (which matters to a base stepped by
-    its own `step`). An unrolled base ignores it.
+    its own `step`). A base stepped from its tableau ignores it.
 - Fusing. `ReversibleAdjoint` replays a linearised base step in the backward step
-    that made it. An unrolled base step's linearisation can be transposed
+    that made it. A base step from a tableau has a linearisation that can be transposed
     (`evaluation_transposable`), so the replay is a custom JVP, which forward mode
     can differentiate too (forward-over-reverse: `jax.hessian`); such a base is
     always fused. A base stepped by its own `step` is replayed with a custom VJP,
@@ -69,9 +70,9 @@ Design notes.
     `"checkpointed"`, and `"lax"` or `"bounded"` asks for forward-differentiable
     stepping, and gets the unfused backward step, which `jax.hessian` can
     differentiate. `Euler` has no `scan_kind`, and is never fused.
-- `Ψ` is `Σ b_i·k_i` for an unrolled base method, and (base step's output) − (its
-    input) for another. Either way its round-off is the same on the forward and
-    backward passes, because both compute it at the same arguments.
+- `Ψ` is `Σ b_i·k_i` for a base method stepped from its tableau, and (base step's
+    output) − (its input) for another. Either way its round-off is the same on the
+    forward and backward passes, because both compute it at the same arguments.
 - Dense output. `step` returns the forward base step's `dense_info` (from
     `_error_and_dense_info`) as part of its own (`_ReversibleInterpolation`
     turns it into the dense output of the step from `y0` to `y1`). It is an output of
@@ -172,9 +173,9 @@ def _negate(control):
 def _increment(solver, terms, t_start, t_end, y, args):
     """`Ψ`: the increment of one step of the base method from `(t_start, y)` to
     `t_end` (either side of `t_start`), what `Reversible._error_and_dense_info` needs,
-    and the step's result. A method with one explicit Butcher tableau is stepped with
-    its stages unrolled, as far as its solution needs (`_explicit_rk.py`), and passes
-    those stages on; any other by its own `step`, and passes its error estimate and
+    and the step's result. A method with one explicit Butcher tableau is stepped from
+    the tableau, as far as its solution needs (`_explicit_rk.py`), and passes those
+    stages on; any other by its own `step`, and passes its error estimate and
     `dense_info` on."""
     tableau = explicit_tableau(solver)
     if tableau is not None:
@@ -350,7 +351,7 @@ class Reversible(AbstractReversibleSolver, diffrax.AbstractStratonovichSolver):
     `jax.jvp` and `jax.jacfwd` too), `DirectAdjoint` (both modes),
     `RecursiveCheckpointAdjoint` and `ReversibleAdjoint`. A base method with one
     explicit Butcher tableau (all of diffrax's explicit Runge–Kutta methods) is
-    stepped with its stages unrolled from the tableau, which both modes can
+    stepped from its tableau, with its stages in a `lax.scan`, which both modes can
     differentiate; it gives what the method's own `step` gives, to round-off. (diffrax
     runs the stages in a loop of kind `scan_kind`, whose default forward mode cannot
     differentiate; its `ForwardMode` and `DirectAdjoint` switch that to `"lax"` and
@@ -500,7 +501,7 @@ class Reversible(AbstractReversibleSolver, diffrax.AbstractStratonovichSolver):
 
     @property
     def evaluation_transposable(self):
-        # A base step with unrolled stages is plain JAX: its linearisation can be
+        # A base step from its tableau is plain JAX: its linearisation can be
         # transposed, and the fused backward pass differentiated in forward mode.
         return explicit_tableau(self._base_for_stepping()) is not None
 
@@ -548,7 +549,8 @@ class Reversible(AbstractReversibleSolver, diffrax.AbstractStratonovichSolver):
         [`reversible_adjoint.AbstractReversibleSolver`][]): from `(t_start, y)` to
         `t_end`, driven by `control`, where `t = (t_start, t_end, control)`. Returns
         `Ψ`, what `_error_and_dense_info` needs to give the step's error estimate and
-        `dense_info` (the stages of an unrolled base method), and the result."""
+        `dense_info` (the stages of a base method stepped from its tableau, stacked),
+        and the result."""
         t_start, t_end, control = t
         base = self._base_for_stepping()
         terms = _GivenControl(terms, control)
