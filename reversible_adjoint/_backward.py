@@ -56,7 +56,7 @@ from ._cotangents import (
     zeros_like_inexact,
 )
 from ._diffrax_internals import SaveState
-from ._drift import DriftRecord, check_drift, narrowest_dtype, widest
+from ._drift import DriftRecord, check_drift, largest_magnitude, narrowest_dtype
 from ._save_layout import SaveLayout
 from ._step_record import PredictedRecord, recording_controller
 from ._time_tangents import TimeCotangent
@@ -705,7 +705,7 @@ def backward(
     drift = carry.drift.measure(
         (carry.y, carry.solver_state), (inputs["y0"], inputs["solver_state"])
     )
-    injected = _largest_magnitude(
+    injected = largest_magnitude(
         (grad_state.y, grad_state.solver_state, [sub.ct_ys for sub in subs])
     )
     amplification = _amplification(static.solver, inputs, a_y, carry.a_state, injected)
@@ -756,8 +756,8 @@ def _amplification(solver, inputs, a_y, a_state, injected) -> Array:
         together = add(a_y, a_init)
     else:
         together = a_y
-    apart = _largest_magnitude((a_y, a_state))
-    combined = _largest_magnitude(together)
+    apart = largest_magnitude((a_y, a_state))
+    combined = largest_magnitude(together)
     # Cotangents that do not cancel at all (none together, some apart) are as bad as
     # it gets; the growth from nothing injected (all of it from the event or `args`)
     # is not measured.
@@ -776,15 +776,3 @@ def _at_least_one(numerator, denominator, *, zero_over) -> Array:
         jnp.maximum(numerator / safe, 1),
         jnp.where(numerator > 0, zero_over, 1),
     )
-
-
-def _largest_magnitude(tree) -> Array:
-    leaves = [
-        jnp.max(jnp.abs(x))
-        for x in jtu.tree_leaves(tree)
-        if eqx.is_inexact_array(x) and x.size > 0
-    ]
-    if not leaves:
-        return jnp.zeros(())
-    dtype = widest([x.dtype for x in leaves])
-    return jnp.max(jnp.stack([x.astype(dtype) for x in leaves]))

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 from jaxtyping import Array, PyTree
 
+from ._solver.asynchronous_leapfrog import AsynchronousLeapfrog
 from ._solver.reversible import Reversible
 
 
@@ -104,6 +105,12 @@ def _largest(arrays):
     return jnp.max(jnp.stack([jnp.max(x).astype(dtype) for x in arrays]))
 
 
+def largest_magnitude(tree: PyTree) -> Array:
+    """The largest magnitude of the inexact elements of `tree` (zero if none)."""
+    leaves = _inexact_leaves(tree)
+    return _largest([jnp.abs(x) for x in leaves]) if leaves else jnp.zeros(())
+
+
 def magnitudes(state: PyTree) -> tuple:
     """The largest magnitude of each part of `state = (y, solver_state)` (`None` for
     a part without inexact elements). Not differentiated."""
@@ -160,8 +167,6 @@ def relative_drift(reconstructed: PyTree, true: PyTree, scales: tuple) -> Array:
 def _advice(solver, adjoint, dtype) -> str:
     """What to do about a drifting reconstruction: what would help this solver, in
     this precision, with these checkpoints."""
-    from ._solver.asynchronous_leapfrog import AsynchronousLeapfrog
-
     every, slots = adjoint.checkpoint_layout()
     if every is not None:
         fixes = [
